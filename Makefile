@@ -1,0 +1,51 @@
+# The whole developer workflow. `make run` and `make test` set everything up
+# on a fresh machine (venv, package with dev extras, pinned opencode, Chromium).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: setup setup-test run test check lint typecheck bench clean
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	@node_modules/.bin/opencode --version >/dev/null
+	@touch $@
+
+# Debian packages the tests and benchmarks drive: Chromium (the UI tests) and
+# nginx (the benchmark's reference proxy).
+/usr/bin/chromium /usr/sbin/nginx:
+	$(SUDO) apt-get update -qq
+	$(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium nginx
+
+setup: $(VENV)/.installed node_modules/.installed
+
+setup-test: setup /usr/bin/chromium /usr/sbin/nginx
+
+run: setup
+	$(VENV)/bin/ocedge dev
+
+test: setup-test
+	$(VENV)/bin/pytest
+
+lint: setup
+	$(VENV)/bin/ruff check edge container infra tests bench
+
+typecheck: setup
+	$(VENV)/bin/mypy
+
+check: lint typecheck test
+
+bench: setup-test
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""What runs in the container image: opencode web, its workspace, and its lifecycle."""

@@ -1,0 +1,83 @@
+"""The container's life: start opencode, register it, serve until told to stop or it dies.
+
+Exit status is the contract with every compute backend: 0 means "asleep, power
+off"; anything else means opencode crashed (the state item says why).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+
+from container.opencode import OpencodeFailed, OpencodeServer, opencode_environment
+from infra.backends import open_backends
+from infra.interfaces import STARTING
+from infra.lifecycle import Lifecycle
+from infra.settings import Settings, SettingsError
+
+log = logging.getLogger("ocedge.container")
+
+
+async def run(settings: Settings) -> int:
+    backends = open_backends(settings)
+    lifecycle = Lifecycle(backends.state)
+    owner = f"container:{socket.gethostname()}:{os.getpid()}"
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    env = opencode_environment(settings.opencode_env, settings.system_env,
+                               settings.opencode_data)
+    server = OpencodeServer(settings.opencode_bin, settings.workspace, env)
+    try:
+        await server.start()
+        await server.wait_ready(settings.opencode_start_timeout)
+    except OpencodeFailed as exc:
+        log.error("%s", exc)
+        await server.stop()
+        current = await backends.state.get()
+        if current.status == STARTING:
+            await lifecycle.mark_failed_if(current, str(exc))
+        return 1
+
+    state = await lifecycle.register_running(
+        f"127.0.0.1:{server.port}", server.password, None, settings.idle_timeout, owner)
+    generation = state.generation
+    log.info("opencode is ready at %s (generation %d)", server.url, generation)
+
+    exited = asyncio.ensure_future(server.wait())
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({exited, stopping}, return_when=asyncio.FIRST_COMPLETED)
+
+    if stopping.done() and not exited.done():
+        log.info("stop requested: stopping opencode")
+        await lifecycle.mark_stopping(generation)
+        code = await server.stop()
+        # opencode ends with 0 or by the signal itself when asked to stop.
+        code = 0 if code in (0, -signal.SIGTERM, 128 + signal.SIGTERM) else code
+        await lifecycle.mark_stopped(generation, None if code == 0 else
+                                     f"opencode exited with status {code} while stopping")
+        log.info("stopped (status %d)", code)
+        return code
+    stopping.cancel()
+    crashed = exited.result()
+    log.error("opencode exited by itself with status %s", crashed)
+    await lifecycle.mark_stopped(generation, f"opencode crashed (exit status {crashed})")
+    return crashed if crashed > 0 else 1
+
+
+def main() -> int:
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"container: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(), stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return asyncio.run(run(settings))

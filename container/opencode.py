@@ -1,0 +1,123 @@
+"""The opencode server process: start it on loopback, wait until it answers, stop it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import signal
+import socket
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+log = logging.getLogger("ocedge.container")
+
+USERNAME = "opencode"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class OpencodeFailed(RuntimeError):
+    """opencode did not start or did not become ready."""
+
+
+@dataclass
+class OpencodeServer:
+    binary: str
+    workdir: Path
+    env: Mapping[str, str]
+    port: int = field(default_factory=free_port)
+    password: str = field(default_factory=lambda: secrets.token_urlsafe(32), repr=False)
+    process: asyncio.subprocess.Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def auth(self) -> httpx.BasicAuth:
+        return httpx.BasicAuth(USERNAME, self.password)
+
+    async def start(self) -> None:
+        env = dict(self.env)
+        env["OPENCODE_SERVER_USERNAME"] = USERNAME
+        env["OPENCODE_SERVER_PASSWORD"] = self.password
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.process = await asyncio.create_subprocess_exec(
+                self.binary, "web", "--hostname", "127.0.0.1", "--port", str(self.port),
+                cwd=self.workdir, env=env, stdin=asyncio.subprocess.DEVNULL)
+        except FileNotFoundError:
+            raise OpencodeFailed(
+                f"the opencode binary was not found at {self.binary!r}; install it with "
+                "`npm ci` in the project (or set OCEDGE_OPENCODE_BIN)") from None
+        log.info("opencode started (pid %d, port %d)", self.process.pid, self.port)
+
+    async def wait_ready(self, timeout: float) -> None:
+        """Poll /global/health with short per-request timeouts: opencode sometimes never
+        answers the very first request that arrives as its port opens."""
+        deadline = time.monotonic() + timeout
+        async with httpx.AsyncClient(auth=self.auth, trust_env=False) as client:
+            while time.monotonic() < deadline:
+                if self.process is not None and self.process.returncode is not None:
+                    raise OpencodeFailed(
+                        f"opencode exited with status {self.process.returncode} while starting")
+                try:
+                    response = await client.get(f"{self.url}/global/health", timeout=1.0)
+                    if response.status_code == 200 and response.json().get("healthy"):
+                        return
+                except (httpx.HTTPError, ValueError):
+                    pass
+                await asyncio.sleep(0.1)
+        raise OpencodeFailed(f"opencode did not become ready within {timeout:.0f} s")
+
+    def signal(self, sig: int) -> None:
+        if self.process is not None and self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(sig)
+
+    async def stop(self, timeout: float = 10.0) -> int:
+        """SIGTERM, then SIGKILL after ``timeout``; returns the exit status."""
+        if self.process is None:
+            return 0
+        self.signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(self.process.wait(), timeout)
+        except TimeoutError:
+            log.warning("opencode did not stop within %.0f s; killing it", timeout)
+            self.signal(signal.SIGKILL)
+            await self.process.wait()
+        return self.process.returncode or 0
+
+    async def wait(self) -> int:
+        assert self.process is not None
+        return await self.process.wait()
+
+
+def opencode_environment(passthrough: Mapping[str, str], base: Mapping[str, str],
+                         data_root: Path) -> dict[str, str]:
+    """The environment opencode runs with: a minimal base, its own data directories,
+    and the OPENCODE_* variables the container was given."""
+    env = dict(base)
+    env.setdefault("PATH", os.defpath)
+    env.setdefault("HOME", str(data_root / "home"))
+    env.setdefault("SHELL", "/bin/bash")
+    env.setdefault("TERM", "xterm-256color")
+    for name in ("data", "config", "state", "cache"):
+        path = data_root / name
+        path.mkdir(parents=True, exist_ok=True)
+        env[f"XDG_{name.upper()}_HOME"] = str(path)
+    env["OPENCODE_DISABLE_AUTOUPDATE"] = "1"
+    env.update(passthrough)
+    return env

@@ -1,0 +1,1 @@
+"""The edge: an authenticating, streaming ASGI proxy in front of the opencode container."""

@@ -1,0 +1,1 @@
+"""Stores and controllers shared by the edge and the container, and the ``ocedge`` CLI."""

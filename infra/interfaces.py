@@ -1,0 +1,122 @@
+"""The interfaces the edge and the container depend on.
+
+Three small contracts, each with a local (SQLite / child process) and an AWS
+(DynamoDB / EC2) implementation beside this module:
+
+- :class:`KeyStore`   — the admin user and API keys (hashed), and server secrets;
+- :class:`StateStore` — the one state item of the deployment's container;
+- :class:`Compute`    — start / stop / describe the container host.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+# Container lifecycle: stopped → starting → running → stopping → stopped.
+# ``failed`` is a stopped container that did not stop cleanly (``reason`` says why).
+STOPPED = "stopped"
+STARTING = "starting"
+RUNNING = "running"
+STOPPING = "stopping"
+FAILED = "failed"
+STATUSES = (STOPPED, STARTING, RUNNING, STOPPING, FAILED)
+ASLEEP = (STOPPED, FAILED)
+
+
+@dataclass(frozen=True)
+class AdminUser:
+    username: str
+    password_hash: bytes  # argon2id string from nacl.pwhash
+
+
+@dataclass(frozen=True)
+class ApiKeyRecord:
+    """An API key as stored: never the secret, only its keyed hash."""
+
+    id: str
+    name: str
+    secret_hash: bytes
+    created: float
+    expires: float | None = None
+    revoked: float | None = None
+    last_used: float | None = None
+    scopes: tuple[str, ...] = ("all",)
+
+    def usable_at(self, now: float) -> bool:
+        if self.revoked is not None:
+            return False
+        return self.expires is None or now < self.expires
+
+
+@dataclass(frozen=True)
+class ContainerState:
+    """The deployment's one state item.
+
+    Every write is conditional on the ``generation`` the writer expects, so a
+    container from an older generation can never overwrite a newer one.
+    """
+
+    status: str = STOPPED
+    generation: int = 0
+    since: float = 0.0
+    endpoint: str | None = None  # "host:port" of the container's listener
+    credential: str | None = field(default=None, repr=False)  # internal password
+    cert_pem: str | None = None
+    deadline: float | None = None
+    last_activity: float | None = None
+    lease_owner: str | None = None
+    reason: str | None = None
+    busy: bool = False
+
+    @property
+    def asleep(self) -> bool:
+        return self.status in ASLEEP
+
+
+class KeyStore(Protocol):
+    async def get_admin(self) -> AdminUser | None:
+        """The admin user, or None before the deployment is initialised."""
+
+    async def set_admin(self, user: AdminUser) -> None: ...
+
+    async def put_key(self, record: ApiKeyRecord) -> None:
+        """Store a new key; raises ValueError if the id exists."""
+
+    async def get_key(self, key_id: str) -> ApiKeyRecord | None: ...
+
+    async def list_keys(self) -> list[ApiKeyRecord]: ...
+
+    async def revoke_key(self, key_id: str, when: float) -> bool:
+        """Mark a key revoked; False if there is no such key."""
+
+    async def touch_key(self, key_id: str, when: float) -> None:
+        """Record that a key was used (callers throttle how often)."""
+
+
+class StateStore(Protocol):
+    async def get(self) -> ContainerState: ...
+
+    async def put_if(self, expected_generation: int, new: ContainerState,
+                     expected_status: tuple[str, ...] | None = None) -> bool:
+        """Write ``new`` only if the stored generation (and status, when given)
+        is still what the caller expects. Returns whether it was written."""
+
+
+@dataclass(frozen=True)
+class ComputeInfo:
+    """What the compute backend sees of the host: running or not, and how it ended."""
+
+    running: bool
+    exit_code: int | None = None
+    detail: str = ""
+
+
+class Compute(Protocol):
+    async def start(self) -> None:
+        """Start the container host. Idempotent: starting a running host is a no-op."""
+
+    async def stop(self) -> None:
+        """Ask the host to stop gracefully. Idempotent."""
+
+    async def describe(self) -> ComputeInfo: ...

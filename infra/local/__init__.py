@@ -1,0 +1,1 @@
+"""Local backends: a SQLite file under the state directory and a child process."""

@@ -1,0 +1,74 @@
+"""One SQLite file shared by the edge, the container and the CLI processes."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS admin (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    username TEXT NOT NULL,
+    password_hash BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS api_keys (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    secret_hash BLOB NOT NULL,
+    created REAL NOT NULL,
+    expires REAL,
+    revoked REAL,
+    last_used REAL,
+    scopes TEXT NOT NULL DEFAULT 'all'
+);
+CREATE TABLE IF NOT EXISTS state (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    doc TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    status TEXT NOT NULL
+);
+"""
+
+
+class Database:
+    """A serialised connection; calls run in a worker thread off the event loop."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.Lock()
+        self._conn = sqlite3.connect(path, timeout=10, check_same_thread=False,
+                                     isolation_level=None)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA busy_timeout=10000")
+        self._conn.executescript(_SCHEMA)
+
+    def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        with self._lock:
+            return fn(self._conn)
+
+    async def arun(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await asyncio.to_thread(self.run, fn)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+_open: dict[Path, Database] = {}
+_open_lock = threading.Lock()
+
+
+def database(state_dir: Path) -> Database:
+    """The process-wide connection to ``state_dir``'s database."""
+    path = (state_dir / "ocedge.db").resolve()
+    with _open_lock:
+        if path not in _open:
+            _open[path] = Database(path)
+        return _open[path]

@@ -1,0 +1,42 @@
+"""StateStore on the local SQLite file: one row, conditional writes."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sqlite3
+
+from infra.interfaces import ContainerState
+from infra.local.db import Database
+
+
+def _load(doc: str) -> ContainerState:
+    known = {f.name for f in dataclasses.fields(ContainerState)}
+    return ContainerState(**{k: v for k, v in json.loads(doc).items() if k in known})
+
+
+class LocalStateStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        db.run(lambda conn: conn.execute(
+            "INSERT OR IGNORE INTO state (id, doc, generation, status) VALUES (1, ?, 0, ?)",
+            (json.dumps(dataclasses.asdict(ContainerState())), ContainerState().status)))
+
+    async def get(self) -> ContainerState:
+        row = await self.db.arun(
+            lambda conn: conn.execute("SELECT doc FROM state WHERE id = 1").fetchone())
+        return _load(row[0])
+
+    async def put_if(self, expected_generation: int, new: ContainerState,
+                     expected_status: tuple[str, ...] | None = None) -> bool:
+        def write(conn: sqlite3.Connection) -> bool:
+            sql = ("UPDATE state SET doc = ?, generation = ?, status = ? "
+                   "WHERE id = 1 AND generation = ?")
+            args: list[object] = [json.dumps(dataclasses.asdict(new)), new.generation,
+                                  new.status, expected_generation]
+            if expected_status is not None:
+                sql += f" AND status IN ({', '.join('?' * len(expected_status))})"
+                args.extend(expected_status)
+            return conn.execute(sql, args).rowcount == 1
+
+        return await self.db.arun(write)

@@ -1,0 +1,165 @@
+"""Settings, parsed once from ``OCEDGE_*`` environment variables.
+
+Nothing else in the project reads ``os.environ``: the edge, the container and the
+CLI each call :meth:`Settings.from_env` once and pass the result down.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+_CAPTURED = frozenset({"opencode_env", "system_env"})
+_SYSTEM = frozenset({"PATH", "HOME", "LANG", "LC_ALL", "TERM", "TZ", "USER", "SHELL"})
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot be used; the message names it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of a deployment. Defaults make local mode work with no settings."""
+
+    # Where the local backends keep their SQLite file, secrets and the workspace.
+    state_dir: Path = Path(".ocedge")
+    # Which implementation of the stores and compute to use: "local" or "aws".
+    backend: str = "local"
+
+    # Browser login.
+    admin_user: str = "admin"
+    admin_password: str | None = field(default=None, repr=False)
+    session_ttl: float = 12 * 3600.0
+    # "auto": Secure when the request arrived over HTTPS; "true"/"false" force it.
+    cookie_secure: str = "auto"
+
+    # Server-side secrets; when unset, local mode keeps them in 0600 files.
+    pepper: str | None = field(default=None, repr=False)
+    session_secret: str | None = field(default=None, repr=False)
+
+    # Failed-login throttle: this many failures within the window → 429.
+    auth_max_failures: int = 10
+    auth_window: float = 300.0
+    # How long the edge trusts its cached admin and API-key records (revocation delay).
+    key_cache_ttl: float = 30.0
+    # Take the client address from X-Forwarded-For (only behind a trusted proxy).
+    trust_forwarded: bool = False
+
+    # Edge listener for `ocedge dev`.
+    host: str = "127.0.0.1"
+    port: int = 8787
+
+    # Upstream (container) timeouts, seconds.
+    upstream_connect_timeout: float = 5.0
+    upstream_read_timeout: float = 600.0
+    # How long a request waits for a sleeping container to wake before 503.
+    wake_wait: float = 20.0
+    # Idle deadline: the container sleeps this long after the last activity.
+    idle_timeout: float = 600.0
+
+    # The container side.
+    opencode_bin: str = ""
+    workspace_dir: Path | None = None
+    opencode_start_timeout: float = 60.0
+    # opencode's own data (sessions database, config, cache); local disk.
+    opencode_data_dir: Path | None = None
+    # OPENCODE_* variables handed through to the opencode server.
+    opencode_env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    # The few process variables child processes need (PATH, HOME, locale).
+    system_env: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    log_level: str = "INFO"
+
+    @property
+    def workspace(self) -> Path:
+        return self.workspace_dir or self.state_dir / "workspace"
+
+    @property
+    def opencode_data(self) -> Path:
+        return self.opencode_data_dir or self.state_dir / "opencode"
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        known = {f.name for f in fields(cls)} - _CAPTURED
+        for name in env:
+            if name.startswith("OCEDGE_") and name[7:].lower() not in known:
+                # Ignore silently would hide typos like OCEDGE_IDLE_TIMOUT.
+                raise SettingsError(f"unknown setting {name}")
+
+        def get(name: str) -> str | None:
+            value = env.get("OCEDGE_" + name.upper())
+            return value if value not in (None, "") else None
+
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name in _CAPTURED:
+                continue
+            raw = get(f.name)
+            if raw is None:
+                continue
+            values[f.name] = _parse(f.name, f.type, raw)
+        values["opencode_env"] = {k: v for k, v in env.items() if k.startswith("OPENCODE_")}
+        values["system_env"] = {k: v for k, v in env.items() if k in _SYSTEM}
+        settings = cls(**values)
+        settings._validate()
+        if not settings.opencode_bin:
+            settings = replace(settings, opencode_bin=find_opencode())
+        return settings
+
+    def _validate(self) -> None:
+        if self.backend not in ("local", "aws"):
+            raise SettingsError("OCEDGE_BACKEND must be 'local' or 'aws'")
+        if self.cookie_secure not in ("auto", "true", "false"):
+            raise SettingsError("OCEDGE_COOKIE_SECURE must be 'auto', 'true' or 'false'")
+        for name in ("session_ttl", "auth_window", "upstream_connect_timeout",
+                     "upstream_read_timeout", "idle_timeout", "opencode_start_timeout"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"OCEDGE_{name.upper()} must be greater than 0")
+        for name in ("wake_wait", "key_cache_ttl"):
+            if getattr(self, name) < 0:
+                raise SettingsError(f"OCEDGE_{name.upper()} must not be negative")
+        if self.auth_max_failures < 1:
+            raise SettingsError("OCEDGE_AUTH_MAX_FAILURES must be at least 1")
+        if not 0 < self.port < 65536:
+            raise SettingsError("OCEDGE_PORT must be a TCP port number")
+        if not self.admin_user or ":" in self.admin_user:
+            raise SettingsError("OCEDGE_ADMIN_USER must be non-empty and contain no ':'")
+
+
+def _parse(name: str, kind: Any, raw: str) -> Any:
+    label = "OCEDGE_" + name.upper()
+    kind = str(kind)
+    try:
+        if kind.startswith("bool"):
+            lowered = raw.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if kind.startswith("int"):
+            return int(raw)
+        if kind.startswith("float"):
+            return float(raw)
+        if "Path" in kind:
+            return Path(raw).expanduser()
+    except ValueError:
+        raise SettingsError(f"{label} has an invalid value") from None
+    return raw
+
+
+def find_opencode() -> str:
+    """The pinned opencode from the project's node_modules, else one on PATH."""
+    pinned = PROJECT_ROOT / "node_modules" / ".bin" / "opencode"
+    if pinned.exists():
+        return str(pinned)
+    return shutil.which("opencode") or "opencode"
