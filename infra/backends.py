@@ -36,7 +36,7 @@ def open_backends(settings: Settings) -> Backends:
     return Backends(
         keys=LocalKeyStore(db),
         state=LocalStateStore(db),
-        compute=LocalCompute(state_dir),
+        compute=LocalCompute(state_dir, env=settings.child_env()),
         pepper=pepper,
         session_secret=session_secret,
     )

@@ -15,6 +15,7 @@ from typing import Any
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 _CAPTURED = frozenset({"opencode_env", "system_env"})
+_EDGE_ONLY = frozenset({"admin_password", "pepper", "session_secret"})
 _SYSTEM = frozenset({"PATH", "HOME", "LANG", "LC_ALL", "TERM", "TZ", "USER", "SHELL"})
 
 
@@ -85,6 +86,27 @@ class Settings:
 
     def with_overrides(self, **changes: Any) -> Settings:
         return replace(self, **changes)
+
+    def child_env(self) -> dict[str, str]:
+        """The environment for a container process started from these settings.
+
+        Secrets the container does not need (admin password, pepper, cookie key)
+        are left out, so they never reach opencode or its terminal.
+        """
+        env = dict(self.system_env)
+        env.update(self.opencode_env)
+        for f in fields(self):
+            if f.name in _CAPTURED or f.name in _EDGE_ONLY:
+                continue
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            if isinstance(value, Path):
+                value = value.resolve()
+            if isinstance(value, bool):
+                value = "true" if value else "false"
+            env["OCEDGE_" + f.name.upper()] = str(value)
+        return env
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -34,7 +34,7 @@ class LocalCompute:
     def __init__(self, state_dir: Path, env: Mapping[str, str] | None = None,
                  command: list[str] | None = None) -> None:
         self.state_dir = state_dir.resolve()
-        self.env = dict(os.environ if env is None else env)
+        self.env = dict(env or {})
         self.env["OCEDGE_STATE_DIR"] = str(self.state_dir)
         self.command = command or [sys.executable, "-m", "container"]
         self.pid_file = self.state_dir / "container.pid"

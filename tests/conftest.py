@@ -1,0 +1,53 @@
+"""Shared fixtures. Tests that need opencode or Chromium fail (never skip) with a
+message naming what is missing: `make test` installs both."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from infra.settings import find_opencode
+from tests.support.edge import EdgeServer, make_settings, running_edge
+
+
+@pytest.fixture(scope="session")
+def opencode_bin() -> str:
+    path = find_opencode()
+    if not (os.path.isabs(path) and os.access(path, os.X_OK)) and not shutil.which(path):
+        pytest.fail("opencode is not installed: run `make setup` (npm ci installs the pinned "
+                    "opencode-ai into node_modules/)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def chromium_path() -> str:
+    path = shutil.which("chromium") or "/usr/bin/chromium"
+    if not os.access(path, os.X_OK):
+        pytest.fail("Chromium is not installed: run `make setup-test` (apt-get install chromium)")
+    return path
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "state"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def edge(state_dir: Path) -> Iterator[EdgeServer]:
+    """An edge with local backends and no container started yet."""
+    with running_edge(make_settings(state_dir)) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def live_edge(tmp_path_factory: pytest.TempPathFactory, opencode_bin: str) -> Iterator[EdgeServer]:
+    """An edge in front of the real opencode container (started by the first request)."""
+    settings = make_settings(tmp_path_factory.mktemp("live"))
+    with running_edge(settings) as server:
+        yield server

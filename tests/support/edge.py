@@ -1,0 +1,90 @@
+"""Run the real edge app under uvicorn, in a thread, for tests."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from edge.app import Edge
+from infra.backends import open_backends
+from infra.credentials import mint_api_key
+from infra.settings import Settings
+
+ADMIN_PASSWORD = "test-admin-password-123"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def make_settings(state_dir: Path, **overrides: Any) -> Settings:
+    """Settings as a test wants them: isolated state, a known admin password."""
+    env = {"OCEDGE_STATE_DIR": str(state_dir), "OCEDGE_ADMIN_PASSWORD": ADMIN_PASSWORD,
+           "OCEDGE_KEY_CACHE_TTL": "0"}
+    settings = Settings.from_env(env)
+    return settings.with_overrides(**overrides) if overrides else settings
+
+
+class EdgeServer:
+    """The edge listening on 127.0.0.1:<port>; ``run`` executes coroutines on its loop."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.edge = Edge(settings, open_backends(settings))
+        config = uvicorn.Config(self.edge, host="127.0.0.1", port=self.port,
+                                log_level="warning", lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_until_complete(self.server.serve())
+
+    def start(self) -> EdgeServer:
+        self.thread.start()
+        deadline = time.monotonic() + 15
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the edge did not start")
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        # The container is this edge's child process: stop it with the edge.
+        asyncio.run(self.edge.backends.compute.stop())
+        self.server.should_exit = True
+        self.thread.join(timeout=15)
+
+    def run(self, coro: Any) -> Any:
+        """Run a coroutine (e.g. a store call) on the edge's own loop."""
+        assert self.loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=60)
+
+    def create_key(self, name: str = "test", expires: float | None = None) -> str:
+        backends = self.edge.backends
+        new = mint_api_key(name, backends.pepper, expires=expires)
+        self.run(backends.keys.put_key(new.record))
+        return new.key
+
+
+@contextmanager
+def running_edge(settings: Settings) -> Iterator[EdgeServer]:
+    server = EdgeServer(settings).start()
+    try:
+        yield server
+    finally:
+        server.stop()

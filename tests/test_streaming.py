@@ -1,0 +1,64 @@
+"""Server-sent events through the edge with the real opencode: event by event, no buffering."""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+
+import httpx
+
+from tests.support.edge import EdgeServer
+
+
+def _subscribe(url: str, key: str, events: queue.Queue[tuple[float, dict[str, object]]],
+               ready: threading.Event, stop: threading.Event) -> None:
+    headers = {"Authorization": f"Bearer {key}", "Accept": "text/event-stream"}
+    with httpx.stream("GET", f"{url}/global/event", headers=headers,
+                      timeout=httpx.Timeout(10, read=None)) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        ready.set()
+        for line in response.iter_lines():
+            if line.startswith("data:"):
+                events.put((time.monotonic(), json.loads(line[5:])))
+            if stop.is_set():
+                return
+    events.put((time.monotonic(), {"closed": True}))
+
+
+def test_event_caused_through_the_edge_arrives_within_a_second(live_edge: EdgeServer) -> None:
+    key = live_edge.create_key("sse")
+    auth = {"Authorization": f"Bearer {key}"}
+    # Wake the container first so the measurement is about streaming, not starting.
+    assert httpx.get(f"{live_edge.url}/global/health", headers=auth, timeout=60).status_code == 200
+
+    events: queue.Queue[tuple[float, dict[str, object]]] = queue.Queue()
+    ready, stop = threading.Event(), threading.Event()
+    reader = threading.Thread(target=_subscribe, args=(live_edge.url, key, events, ready, stop),
+                              daemon=True)
+    reader.start()
+    assert ready.wait(15)
+    time.sleep(0.3)
+
+    sent = time.monotonic()
+    created = httpx.post(f"{live_edge.url}/session", headers=auth, json={"title": "sse-probe"},
+                         timeout=15)
+    assert created.status_code == 200
+    session_id = created.json()["id"]
+
+    arrived = None
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            at, event = events.get(timeout=0.5)
+        except queue.Empty:
+            continue
+        assert "closed" not in event, "the event stream ended before the event arrived"
+        if session_id in json.dumps(event):
+            arrived = at
+            break
+    stop.set()
+    assert arrived is not None, "no event for the new session arrived through the edge"
+    assert arrived - sent < 1.0, f"event took {arrived - sent:.3f} s through the edge"
