@@ -62,3 +62,36 @@ def test_event_caused_through_the_edge_arrives_within_a_second(live_edge: EdgeSe
     stop.set()
     assert arrived is not None, "no event for the new session arrived through the edge"
     assert arrived - sent < 1.0, f"event took {arrived - sent:.3f} s through the edge"
+
+
+def test_terminal_websocket_through_the_edge_runs_a_command(live_edge: EdgeServer) -> None:
+    """The opencode terminal (/pty/{id}/connect) works through the edge with a cookie
+    only, which is all a browser's WebSocket can carry."""
+    import asyncio
+
+    from websockets.asyncio.client import connect
+
+    key = live_edge.create_key("pty")
+    browser = {"Sec-Fetch-Mode": "navigate", "User-Agent": "Mozilla/5.0 test"}
+    login = httpx.get(f"{live_edge.url}/global/health", timeout=60,
+                      headers={"Authorization": f"Bearer {key}", **browser})
+    assert login.status_code == 200
+    cookie = login.cookies.get("ocedge_session")
+    assert cookie, "a browser login gets a session cookie"
+    created = httpx.post(f"{live_edge.url}/pty", json={}, timeout=15,
+                         cookies={"ocedge_session": cookie})
+    assert created.status_code == 200, created.text
+    pty_id = created.json()["id"]
+
+    async def run_command() -> str:
+        ws_url = live_edge.url.replace("http://", "ws://") + f"/pty/{pty_id}/connect"
+        async with connect(ws_url, additional_headers={"Cookie": f"ocedge_session={cookie}"},
+                           open_timeout=15) as ws:
+            await ws.send("echo edge-$((6*7))\n")
+            out = ""
+            while "edge-42\r\n" not in out:
+                message = await asyncio.wait_for(ws.recv(), 10)
+                out += message if isinstance(message, str) else message.decode(errors="replace")
+            return out
+
+    assert "edge-42" in asyncio.run(run_command())
