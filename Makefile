@@ -44,7 +44,12 @@ typecheck: setup
 
 check: lint typecheck test
 
-bench: setup-test
+# wrk is the benchmark's load generator.
+/usr/bin/wrk:
+	$(SUDO) apt-get update -qq
+	$(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk
+
+bench: setup-test /usr/bin/wrk
 	$(PY) -m bench
 
 clean:

@@ -13,10 +13,12 @@ import signal
 import socket
 import sys
 
+from container.hooks import run_stop_hooks
 from container.opencode import OpencodeFailed, OpencodeServer, opencode_environment
+from container.watcher import KeepAlive
 from infra.backends import open_backends
 from infra.interfaces import STARTING
-from infra.lifecycle import Lifecycle
+from infra.lifecycle import Deadline, Lifecycle
 from infra.settings import Settings, SettingsError
 
 log = logging.getLogger("ocedge.container")
@@ -50,21 +52,29 @@ async def run(settings: Settings) -> int:
     generation = state.generation
     log.info("opencode is ready at %s (generation %d)", server.url, generation)
 
+    keepalive = KeepAlive(server.url, server.auth, backends.state, generation,
+                          Deadline(backends.state, settings.idle_timeout, owner))
+    check_every = min(5.0, max(0.2, settings.idle_timeout / 20))
+    follow = asyncio.ensure_future(keepalive.follow())
     exited = asyncio.ensure_future(server.wait())
     stopping = asyncio.ensure_future(stop.wait())
-    await asyncio.wait({exited, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    idle = asyncio.ensure_future(keepalive.wait_until_idle(check_every))
+    await asyncio.wait({exited, stopping, idle}, return_when=asyncio.FIRST_COMPLETED)
+    for task in (follow, stopping, idle):
+        task.cancel()
 
-    if stopping.done() and not exited.done():
-        log.info("stop requested: stopping opencode")
+    if not exited.done():
+        why = "stop requested" if stopping.done() and not stopping.cancelled() else "idle"
+        log.info("%s: going to sleep", why)
         await lifecycle.mark_stopping(generation)
+        # We asked opencode to stop: however it ended (status, signal, or killed
+        # after the grace time), the container is asleep.
         code = await server.stop()
-        # opencode ends with 0 or by the signal itself when asked to stop.
-        code = 0 if code in (0, -signal.SIGTERM, 128 + signal.SIGTERM) else code
-        await lifecycle.mark_stopped(generation, None if code == 0 else
-                                     f"opencode exited with status {code} while stopping")
-        log.info("stopped (status %d)", code)
-        return code
-    stopping.cancel()
+        log.info("opencode stopped (status %d)", code)
+        await run_stop_hooks(settings)
+        await lifecycle.mark_stopped(generation)
+        log.info("asleep")
+        return 0
     crashed = exited.result()
     log.error("opencode exited by itself with status %s", crashed)
     await lifecycle.mark_stopped(generation, f"opencode crashed (exit status {crashed})")

@@ -28,6 +28,26 @@ def free_port() -> int:
         return port
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children first found, deepest last)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                ppid = int(handle.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    found, queue = [], [pid]
+    while queue:
+        for child in children.get(queue.pop(), []):
+            found.append(child)
+            queue.append(child)
+    return found
+
+
 class OpencodeFailed(RuntimeError):
     """opencode did not start or did not become ready."""
 
@@ -87,16 +107,34 @@ class OpencodeServer:
             with contextlib.suppress(ProcessLookupError):
                 self.process.send_signal(sig)
 
-    async def stop(self, timeout: float = 10.0) -> int:
-        """SIGTERM, then SIGKILL after ``timeout``; returns the exit status."""
+    async def stop(self, timeout: float = 3.0) -> int:
+        """Dispose opencode's instances, SIGTERM, then SIGKILL after ``timeout``;
+        returns the exit status.
+
+        Once a project instance has booted, opencode 1.18 does not exit on SIGTERM
+        or SIGINT until its instances are disposed, so ask it to dispose them over
+        its own API first. Even then it sometimes never exits (a race inside
+        opencode, seen in about half of the tries here), so the wait is bounded and
+        then opencode and everything it spawned are killed: SQLite commits survive
+        a kill.
+        """
         if self.process is None:
             return 0
+        if self.process.returncode is None:
+            try:
+                async with httpx.AsyncClient(auth=self.auth, trust_env=False) as client:
+                    await client.post(f"{self.url}/global/dispose", timeout=5.0)
+            except httpx.HTTPError as exc:
+                log.warning("opencode did not dispose its instances (%s); stopping anyway",
+                            type(exc).__name__)
         self.signal(signal.SIGTERM)
         try:
             await asyncio.wait_for(self.process.wait(), timeout)
         except TimeoutError:
-            log.warning("opencode did not stop within %.0f s; killing it", timeout)
-            self.signal(signal.SIGKILL)
+            log.info("opencode did not exit within %.0f s of SIGTERM; killing it", timeout)
+            for pid in [*descendants(self.process.pid), self.process.pid]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             await self.process.wait()
         return self.process.returncode or 0
 

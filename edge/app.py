@@ -6,23 +6,27 @@ server — uvicorn locally, Lambda Web Adapter, Mangum — can run it as it is.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 import time
 from typing import Any
 
 import httpx
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from edge import responses
 from edge.auth import Authenticator, AuthResult, Identity, read_credentials
+from edge.intent import ACTIVITY, BACKGROUND, classify, is_navigation
 from edge.proxy import HttpForwarder, Upstream, UpstreamUnavailable, forward_websocket
 from edge.session import SessionSigner, clear_cookie_header, set_cookie_header
 from edge.throttle import FailureThrottle
 from edge.types import Receive, Scope, Send
 from edge.wake import Waker
+from edge.waking import waking_page
 from infra.backends import Backends, open_backends
-from infra.interfaces import RUNNING, ContainerState
+from infra.interfaces import FAILED, RUNNING, ContainerState
+from infra.lifecycle import Deadline
 from infra.settings import Settings
 
 log = logging.getLogger("ocedge.edge")
@@ -65,18 +69,22 @@ class Edge:
         self._client: httpx.AsyncClient | None = None
         self._forwarder: HttpForwarder | None = None
         self._state: tuple[float, ContainerState] | None = None
+        self.deadline = Deadline(self.backends.state, settings.idle_timeout,
+                                 writer=self.waker.owner)
+        self._tasks: set[asyncio.Task[bool]] = set()
+        self._refresh: asyncio.Future[ContainerState] | None = None
 
     # -- plumbing ---------------------------------------------------------------
 
     @property
     def forwarder(self) -> HttpForwarder:
         if self._forwarder is None:
-            self._client = httpx.AsyncClient(
+            transport = httpx.AsyncHTTPTransport(
                 limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100,
-                                    keepalive_expiry=30),
-                follow_redirects=False, trust_env=False)
+                                    keepalive_expiry=30), trust_env=False)
+            self._client = httpx.AsyncClient(transport=transport, trust_env=False)
             self._forwarder = HttpForwarder(
-                self._client, self.settings.upstream_read_timeout,
+                transport, self.settings.upstream_read_timeout,
                 self.settings.upstream_connect_timeout, self.settings.trust_forwarded)
         return self._forwarder
 
@@ -120,12 +128,19 @@ class Edge:
             if password is not None:
                 print_credentials(self.settings.admin_user, password)
 
-    async def state(self, fresh: bool = False) -> ContainerState:
+    async def state(self) -> ContainerState:
+        """The state item; a running one is cached briefly and refreshed by one
+        request at a time, however many are in flight."""
         now = time.monotonic()
-        if not fresh and self._state is not None and now - self._state[0] < _STATE_TTL:
+        if self._state is not None and now - self._state[0] < _STATE_TTL:
             return self._state[1]
+        if self._refresh is None or self._refresh.done():
+            self._refresh = asyncio.ensure_future(self._read_state())
+        return await asyncio.shield(self._refresh)
+
+    async def _read_state(self) -> ContainerState:
         current = await self.backends.state.get()
-        self._state = (now, current) if current.status == RUNNING else None
+        self._state = (time.monotonic(), current) if current.status == RUNNING else None
         return current
 
     def _secure(self, scope: Scope) -> bool:
@@ -229,19 +244,27 @@ class Edge:
         if result.identity is None:
             await self._refuse(scope, receive, send, result)
             return
+        intent = classify(scope)
         current = await self.state()
-        if current.status != RUNNING:
+        if current.status != RUNNING or not current.endpoint:
+            if intent == BACKGROUND:
+                # An open tab's polls must not wake a sleeping container.
+                await self._not_ready(scope, receive, send, current, result.identity)
+                return
             current = await self.waker.ensure_running(self.settings.wake_wait)
             self._state = None
-        if current.status != RUNNING or not current.endpoint:
-            await self._not_ready(scope, receive, send, current)
-            return
+            if current.status != RUNNING or not current.endpoint:
+                await self._not_ready(scope, receive, send, current, result.identity)
+                return
+        elif intent == ACTIVITY:
+            self.renew(current)
         host, _, port = current.endpoint.rpartition(":")
         upstream = Upstream(host, int(port), password=current.credential or "")
         try:
             if scope["type"] == "websocket":
                 await forward_websocket(scope, receive, send, upstream,
-                                        self.settings.trust_forwarded)
+                                        self.settings.trust_forwarded,
+                                        on_message=lambda: self.renew(current))
             else:
                 await self.forwarder.forward(scope, receive, send, upstream,
                                              self._cookie_for(scope, result.identity))
@@ -251,18 +274,43 @@ class Edge:
             await self.waker.container_gone(current)
             await self._unreachable(scope, receive, send)
 
+    def renew(self, current: ContainerState) -> None:
+        """Activity: bump the idle deadline (in the background, at most once per 5%)."""
+        if self.deadline.due(current.generation, current.deadline, time.time()) is None:
+            return
+        task = asyncio.ensure_future(self.deadline.renew(current.generation, current.deadline))
+        self._tasks.add(task)
+        task.add_done_callback(self._renewed)
+
+    def _renewed(self, task: asyncio.Task[bool]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("could not renew the idle deadline: %s", task.exception())
+
     async def _not_ready(self, scope: Scope, receive: Receive, send: Send,
-                         current: ContainerState) -> None:
+                         current: ContainerState, identity: Identity) -> None:
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1013})
             return
-        if current.reason and current.status != RUNNING:
-            message = f"The workspace could not start: {current.reason}. Retry to try again."
+        failed = current.status == FAILED and current.reason is not None
+        headers = {"Retry-After": "5", "Cache-Control": "no-store"}
+        if is_navigation(scope):
+            response: Response = HTMLResponse(
+                waking_page(current.status, current.generation, current.reason, failed),
+                status_code=503, headers=headers)
+            response.raw_headers.extend(self._cookie_for(scope, identity))
+        elif failed:
+            response = JSONResponse(
+                {"error": "start_failed", "status": current.status,
+                 "message": f"The workspace could not start: {current.reason}. "
+                            "Retry to try again."}, status_code=503, headers=headers)
         else:
-            message = f"The workspace is {current.status}; retry in a few seconds."
-        await responses.error(scope, 503, "waking", message, title="Workspace starting",
-                              headers={"Retry-After": "5", "Cache-Control": "no-store"})(
-            scope, receive, send)
+            response = JSONResponse(
+                {"error": "waking" if current.status != "stopped" else "asleep",
+                 "status": current.status,
+                 "message": f"The workspace is {current.status}; retry after the "
+                            "Retry-After seconds."}, status_code=503, headers=headers)
+        await response(scope, receive, send)
 
     async def _unreachable(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":

@@ -12,7 +12,7 @@ import asyncio
 import base64
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,14 +28,15 @@ HOP_BY_HOP = frozenset({
     b"trailer", b"trailers", b"transfer-encoding", b"upgrade", b"http2-settings",
 })
 # Never forwarded upstream: the client's own credentials and what the edge sets itself.
+# The client's Host is kept: opencode checks Origin against it (terminal tickets).
 _DROP_REQUEST = HOP_BY_HOP | {
-    b"authorization", b"x-api-key", b"host", b"x-forwarded-for", b"x-forwarded-proto",
+    b"authorization", b"x-api-key", b"x-forwarded-for", b"x-forwarded-proto",
     b"x-forwarded-host", b"forwarded", b"x-real-ip",
 }
 # Upstream's auth challenge would make browsers prompt for the internal credential.
 _DROP_RESPONSE = HOP_BY_HOP | {b"www-authenticate"}
 _WS_DROP = _DROP_REQUEST | {
-    b"sec-websocket-key", b"sec-websocket-version", b"sec-websocket-extensions",
+    b"host", b"sec-websocket-key", b"sec-websocket-version", b"sec-websocket-extensions",
     b"sec-websocket-protocol", b"origin",
 }
 
@@ -97,7 +98,8 @@ def forward_headers(scope: Scope, upstream: Upstream, drop: frozenset[bytes],
     client_ip = (client[0] if client else "").encode()
     forwarded_for = prior_for + b", " + client_ip if prior_for else client_ip
     scheme = b"https" if scope.get("scheme") in ("https", "wss") else b"http"
-    out.append((b"host", f"{upstream.host}:{upstream.port}".encode()))
+    if not host or b"host" in drop:
+        out.append((b"host", f"{upstream.host}:{upstream.port}".encode()))
     out.append((b"authorization", upstream.authorization))
     if forwarded_for:
         out.append((b"x-forwarded-for", forwarded_for))
@@ -118,9 +120,16 @@ def _has_body(scope: Scope) -> bool:
 
 
 class HttpForwarder:
-    def __init__(self, client: httpx.AsyncClient, read_timeout: float,
+    """Forwards through the pooled transport of the edge's one httpx client.
+
+    Going to the transport directly skips what a proxy must not do anyway —
+    merging default headers, a shared cookie jar, following redirects, auth —
+    and most of httpx's per-request cost.
+    """
+
+    def __init__(self, transport: httpx.AsyncBaseTransport, read_timeout: float,
                  connect_timeout: float, trust_forwarded: bool) -> None:
-        self.client = client
+        self.transport = transport
         self.read_timeout = read_timeout
         self.connect_timeout = connect_timeout
         self.trust_forwarded = trust_forwarded
@@ -149,24 +158,17 @@ class HttpForwarder:
 
         headers = forward_headers(scope, upstream, _DROP_REQUEST, self.trust_forwarded)
         wants_stream = any(n == b"accept" and b"text/event-stream" in v for n, v in headers)
-        timeout = httpx.Timeout(
-            connect=self.connect_timeout,
-            read=None if wants_stream else self.read_timeout,
-            write=self.read_timeout, pool=self.connect_timeout)
+        timeout = {"connect": self.connect_timeout,
+                   "read": None if wants_stream else self.read_timeout,
+                   "write": self.read_timeout, "pool": self.connect_timeout}
         has_body = _has_body(scope)
         if not has_body:
             body_done.set()
-        request = self.client.build_request(
+        request = httpx.Request(
             scope["method"], upstream.url(scheme, scope), headers=headers,
-            content=request_body() if has_body else None, timeout=timeout)
-        # httpx adds its own defaults (user-agent, accept-encoding, ...): send only ours.
-        sent_names = {name for name, _ in headers}
-        for name in list(request.headers.keys()):
-            if name.encode() not in sent_names and name not in ("content-length",
-                                                                "transfer-encoding"):
-                del request.headers[name]
+            content=request_body() if has_body else None, extensions={"timeout": timeout})
         try:
-            response = await self.client.send(request, stream=True)
+            response = await self.transport.handle_async_request(request)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError,
                 httpx.ReadError, httpx.PoolTimeout, httpx.ReadTimeout) as exc:
             raise UpstreamUnavailable(f"{type(exc).__name__}: {exc}") from exc
@@ -226,7 +228,8 @@ class HttpForwarder:
 
 async def forward_websocket(scope: Scope, receive: Receive, send: Send, upstream: Upstream,
                             trust_forwarded: bool, scheme: str = "ws",
-                            ssl: Any = None) -> None:
+                            ssl: Any = None,
+                            on_message: Callable[[], None] | None = None) -> None:
     """Bridge a client WebSocket to the container's. Raises UpstreamUnavailable before
     the client is accepted when the container refuses."""
     from websockets.asyncio.client import connect
@@ -241,7 +244,7 @@ async def forward_websocket(scope: Scope, receive: Receive, send: Send, upstream
             additional_headers=[(n.decode("latin-1"), v.decode("latin-1")) for n, v in headers],
             subprotocols=subprotocols or None,
             open_timeout=10, ping_interval=20, ping_timeout=20, max_size=None,
-            compression=None, ssl=ssl, user_agent_header=None)
+            compression=None, ssl=ssl, user_agent_header=None, proxy=None)
     except (OSError, TimeoutError, InvalidHandshake, InvalidStatus) as exc:
         raise UpstreamUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
@@ -255,6 +258,8 @@ async def forward_websocket(scope: Scope, receive: Receive, send: Send, upstream
         while True:
             msg = await receive()
             if msg["type"] == "websocket.receive":
+                if on_message is not None:
+                    on_message()
                 if msg.get("bytes") is not None:
                     await upstream_ws.send(msg["bytes"])
                 elif msg.get("text") is not None:
@@ -273,6 +278,9 @@ async def forward_websocket(scope: Scope, receive: Receive, send: Send, upstream
             code = upstream_ws.close_code or 1000
         except ConnectionClosed as exc:
             code = exc.rcvd.code if exc.rcvd else 1011
+        if code in (1005, 1006, 1015):
+            # Reserved codes that must not be sent in a close frame.
+            code = 1000 if code == 1005 else 1011
         with contextlib.suppress(Exception):
             await send({"type": "websocket.close", "code": code})
 

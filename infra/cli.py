@@ -3,7 +3,8 @@
     ocedge dev                       run the local deployment
     ocedge keys create|list|revoke   API keys
     ocedge admin password            set the admin password (prompt or stdin)
-    ocedge status                    the container's state
+    ocedge status|wake|sleep         the container's state; start or stop it
+    ocedge reap                      stop a container that hung past its deadline
 
 Every command honours --state-dir (default: OCEDGE_STATE_DIR or .ocedge/).
 """
@@ -77,7 +78,7 @@ async def keys_create(args: argparse.Namespace) -> None:
     settings = _settings(args)
     backends = open_backends(settings)
     now = time.time()
-    expires = now + parse_duration(args.expires) if args.expires else None
+    expires = now + parse_duration(args.expires) if args.expires is not None else None
     new = mint_api_key(name, backends.pepper, expires=expires, now=now)
     await backends.keys.put_key(new.record)
     _emit(args, {"id": new.record.id, "key": new.key, "name": name, "expires": expires},
@@ -161,6 +162,68 @@ async def status(args: argparse.Namespace) -> None:
     _emit(args, data, text)
 
 
+async def _watch(backends: Any, until: tuple[str, ...], timeout: float,
+                 args: argparse.Namespace, since_generation: int = -1) -> Any:
+    """Wait for the state to reach one of ``until``, showing progress on stderr."""
+    started = time.monotonic()
+    last = None
+    while True:
+        current = await backends.state.get()
+        elapsed = time.monotonic() - started
+        if current.status != last:
+            print(f"  {elapsed:5.1f} s  {current.status}", file=sys.stderr, flush=True)
+            last = current.status
+        if current.status in until and current.generation > since_generation:
+            return current
+        if current.status == "failed" and current.generation > since_generation:
+            raise CliError(f"the container failed: {current.reason}")
+        if elapsed > timeout:
+            raise CliError(f"still {current.status} after {timeout:.0f} s")
+        await asyncio.sleep(0.2)
+
+
+async def wake(args: argparse.Namespace) -> None:
+    from infra.backends import open_backends
+    from infra.lifecycle import Lifecycle
+
+    settings = _settings(args)
+    backends = open_backends(settings)
+    current = await backends.state.get()
+    if current.status != "running":
+        lease = await Lifecycle(backends.state).begin_start("cli")
+        if lease is not None:
+            print(f"Waking the workspace (generation {lease.generation})…", file=sys.stderr)
+            await backends.compute.start()
+        current = await _watch(backends, ("running",), args.timeout, args,
+                               since_generation=(lease.generation - 1) if lease else -1)
+    await status(args)
+
+
+async def sleep(args: argparse.Namespace) -> None:
+    from infra.backends import open_backends
+
+    settings = _settings(args)
+    backends = open_backends(settings)
+    current = await backends.state.get()
+    if current.status in ("stopped", "failed"):
+        await status(args)
+        return
+    print("Putting the workspace to sleep…", file=sys.stderr)
+    await backends.compute.stop()
+    await _watch(backends, ("stopped", "failed"), args.timeout, args)
+    await status(args)
+
+
+async def reap_command(args: argparse.Namespace) -> None:
+    from infra.backends import open_backends
+    from infra.reaper import reap
+
+    backends = open_backends(_settings(args))
+    result = await reap(backends.state, backends.compute, grace=args.grace)
+    _emit(args, {"reaped": result.reaped, "status": result.status, "detail": result.detail},
+          result.detail)
+
+
 # -- dev ---------------------------------------------------------------------------
 
 
@@ -188,8 +251,10 @@ def dev(args: argparse.Namespace) -> None:
         f"  The workspace starts on the first request. Ctrl-C stops everything.",
         flush=True)
     try:
+        # proxy_headers off: the edge decides itself whether to trust X-Forwarded-*.
         uvicorn.run(edge, host=settings.host, port=settings.port, log_level="warning",
-                    lifespan="on", timeout_graceful_shutdown=5)
+                    lifespan="on", timeout_graceful_shutdown=5, proxy_headers=False,
+                    server_header=False, date_header=False)
     finally:
         asyncio.run(edge.backends.compute.stop())
 
@@ -230,6 +295,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", parents=[common], help="the container's state")
     p.set_defaults(run=status)
+    p = sub.add_parser("wake", parents=[common], help="start the workspace and wait for it")
+    p.add_argument("--timeout", type=float, default=120, help="seconds to wait (default 120)")
+    p.set_defaults(run=wake)
+    p = sub.add_parser("sleep", parents=[common], help="stop the workspace gracefully")
+    p.add_argument("--timeout", type=float, default=120, help="seconds to wait (default 120)")
+    p.set_defaults(run=sleep)
+    p = sub.add_parser("reap", parents=[common],
+                       help="stop a container that hung past its idle deadline")
+    p.add_argument("--grace", type=float, default=300,
+                   help="seconds past the deadline before reaping (default 300)")
+    p.set_defaults(run=reap_command)
     return parser
 
 

@@ -102,6 +102,11 @@ class StateStore(Protocol):
         """Write ``new`` only if the stored generation (and status, when given)
         is still what the caller expects. Returns whether it was written."""
 
+    async def extend_deadline(self, generation: int, deadline: float, now: float,
+                              writer: str) -> bool:
+        """Atomically raise the deadline to ``deadline`` if the container of
+        ``generation`` is running and its deadline is earlier; never lowers it."""
+
 
 @dataclass(frozen=True)
 class ComputeInfo:

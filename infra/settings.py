@@ -6,6 +6,7 @@ CLI each call :meth:`Settings.from_env` once and pass the result down.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 from collections.abc import Mapping
@@ -71,7 +72,7 @@ class Settings:
     opencode_data_dir: Path | None = None
     # OPENCODE_* variables handed through to the opencode server.
     opencode_env: Mapping[str, str] = field(default_factory=dict, repr=False)
-    # The few process variables child processes need (PATH, HOME, locale).
+    # The few process variables child processes need (PATH, HOME, locale, npm's).
     system_env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     log_level: str = "INFO"
@@ -130,7 +131,8 @@ class Settings:
                 continue
             values[f.name] = _parse(f.name, f.type, raw)
         values["opencode_env"] = {k: v for k, v in env.items() if k.startswith("OPENCODE_")}
-        values["system_env"] = {k: v for k, v in env.items() if k in _SYSTEM}
+        values["system_env"] = {k: v for k, v in env.items()
+                                if k in _SYSTEM or k.lower().startswith("npm_config_")}
         settings = cls(**values)
         settings._validate()
         if not settings.opencode_bin:
@@ -171,7 +173,10 @@ def _parse(name: str, kind: Any, raw: str) -> Any:
         if kind.startswith("int"):
             return int(raw)
         if kind.startswith("float"):
-            return float(raw)
+            number = float(raw)
+            if not math.isfinite(number):
+                raise ValueError(raw)
+            return number
         if "Path" in kind:
             return Path(raw).expanduser()
     except ValueError:

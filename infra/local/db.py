@@ -27,6 +27,12 @@ CREATE TABLE IF NOT EXISTS api_keys (
     last_used REAL,
     scopes TEXT NOT NULL DEFAULT 'all'
 );
+CREATE TABLE IF NOT EXISTS state_writes (
+    at REAL NOT NULL,
+    writer TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    status TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS state (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     doc TEXT NOT NULL,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sqlite3
+import time
 
 from infra.interfaces import ContainerState
 from infra.local.db import Database
@@ -37,6 +38,37 @@ class LocalStateStore:
             if expected_status is not None:
                 sql += f" AND status IN ({', '.join('?' * len(expected_status))})"
                 args.extend(expected_status)
-            return conn.execute(sql, args).rowcount == 1
+            written = conn.execute(sql, args).rowcount == 1
+            if written:
+                _audit(conn, new.lease_owner or "-", "put", new.status)
+            return written
 
         return await self.db.arun(write)
+
+    async def extend_deadline(self, generation: int, deadline: float, now: float,
+                              writer: str) -> bool:
+        def write(conn: sqlite3.Connection) -> bool:
+            written = conn.execute(
+                "UPDATE state SET doc = json_set(doc, '$.deadline', ?, '$.last_activity', ?) "
+                "WHERE id = 1 AND generation = ? AND status = 'running' "
+                "AND COALESCE(json_extract(doc, '$.deadline'), 0) < ?",
+                (deadline, now, generation, deadline)).rowcount == 1
+            if written:
+                _audit(conn, writer, "deadline", "running")
+            return written
+
+        return await self.db.arun(write)
+
+    def writes(self, kind: str | None = None) -> list[tuple[float, str, str, str]]:
+        """The audit of successful writes (tests and debugging count them)."""
+        sql = "SELECT at, writer, kind, status FROM state_writes"
+        args: tuple[str, ...] = ()
+        if kind is not None:
+            sql += " WHERE kind = ?"
+            args = (kind,)
+        return self.db.run(lambda conn: conn.execute(sql + " ORDER BY at", args).fetchall())
+
+
+def _audit(conn: sqlite3.Connection, writer: str, kind: str, status: str) -> None:
+    conn.execute("INSERT INTO state_writes (at, writer, kind, status) VALUES (?, ?, ?, ?)",
+                 (time.time(), writer, kind, status))

@@ -44,7 +44,8 @@ class EdgeServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.edge = Edge(settings, open_backends(settings))
         config = uvicorn.Config(self.edge, host="127.0.0.1", port=self.port,
-                                log_level="warning", lifespan="on")
+                                log_level="warning", lifespan="on", proxy_headers=False,
+                                server_header=False, date_header=False)
         self.server = uvicorn.Server(config)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.thread = threading.Thread(target=self._serve, daemon=True)

@@ -1,0 +1,78 @@
+"""``python -m bench``: see the package docstring for the method."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from types import FrameType
+
+from bench.health import measure_health
+from bench.imports import measure_import
+from bench.load import LoadGenerator
+from bench.report import checks, render
+from bench.sse import measure_sse
+from bench.stack import BenchError, Stack
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _terminated(signum: int, frame: FrameType | None) -> None:
+    # Turn SIGTERM into an exception so every started process is still stopped.
+    raise SystemExit(128 + signum)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--rounds", type=int, default=6, help="interleaved rounds (default 6)")
+    parser.add_argument("--duration", type=float, default=2.0,
+                        help="seconds per target per round and load level (default 2)")
+    parser.add_argument("--connections", type=int, default=16,
+                        help="connections for the throughput runs (default 16)")
+    parser.add_argument("--events", type=int, default=200, help="SSE events (default 200)")
+    parser.add_argument("--import-runs", type=int, default=11,
+                        help="fresh interpreters per side for the import time (default 11)")
+    parser.add_argument("--strict", action="store_true",
+                        help="exit with status 1 when a target is missed")
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminated)
+
+    started = time.monotonic()
+    try:
+        with Stack() as stack:
+            _progress("starting the edge (it wakes its container) and nginx ...")
+            stack.start_edge()
+            stack.start_nginx()
+            load = LoadGenerator(stack.root)
+            version = stack.opencode_version()
+            _progress(f"GET /global/health: {args.rounds} rounds x 3 targets x "
+                      f"({args.connections} conns + 1 conn) x {args.duration:g} s ...")
+            health = measure_health(stack.targets, load, args.rounds, args.duration,
+                                    args.connections)
+            _progress(f"SSE: {args.events} events through three subscribers at once ...")
+            sse = asyncio.run(measure_sse(stack.targets, args.events))
+            edge_server = stack.edge_server
+        # After everything is stopped, so the interpreters compete with nothing of ours.
+        _progress("import time of edge.app ...")
+        imports = measure_import(args.import_runs)
+    except BenchError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
+
+    load_avg = os.getloadavg()[0]
+    header = (f"opencode-edge bench · opencode {version} · edge: uvicorn ({edge_server}), "
+              f"1 worker · nginx: 1 worker · load: {load.name} · {os.cpu_count()} CPUs, "
+              f"load avg {load_avg:.2f} · {time.monotonic() - started:.0f} s")
+    results = checks(health, sse, imports)
+    print(render(header, health, sse, imports, results))
+    return 1 if args.strict and not all(c.ok for c in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

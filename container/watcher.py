@@ -1,0 +1,159 @@
+"""The keep-alive watcher: opencode's own events keep the container awake.
+
+It follows ``/global/event`` over the internal connection. ``session.updated``
+renews the idle deadline; a session whose ``session.status`` is busy (a long
+tool call emits part updates, not ``session.updated``) keeps it awake for as long
+as it is busy; ``server.heartbeat`` means nothing. When the stream drops, the
+watcher reconnects with exponential backoff and jitter, and re-reads
+``GET /session/status`` so a session that turned busy or idle meanwhile counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+from httpx_sse import aconnect_sse
+
+from infra.interfaces import RUNNING, StateStore
+from infra.lifecycle import Deadline
+
+log = logging.getLogger("ocedge.watcher")
+
+_BUSY_STATES = ("busy", "retry")
+
+
+def _status_type(status: Any) -> str:
+    if isinstance(status, dict):
+        return str(status.get("type", ""))
+    return str(status or "")
+
+
+class KeepAlive:
+    def __init__(self, base_url: str, auth: httpx.Auth, store: StateStore, generation: int,
+                 deadline: Deadline, max_backoff: float = 30.0,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.base_url = base_url
+        self.auth = auth
+        self.store = store
+        self.generation = generation
+        self.deadline = deadline
+        self.max_backoff = max_backoff
+        self.clock = clock
+        self.busy: set[str] = set()
+        self.connects = 0
+        self._known_deadline: float | None = None
+        self._busy_written: bool | None = None
+
+    # -- activity ----------------------------------------------------------------
+
+    async def renew(self, why: str) -> None:
+        if await self.deadline.renew(self.generation, self._known_deadline, self.clock()):
+            log.debug("deadline renewed (%s)", why)
+
+    def _set_busy(self, session_id: str, status: str) -> None:
+        if status in _BUSY_STATES:
+            self.busy.add(session_id)
+        else:
+            self.busy.discard(session_id)
+
+    async def handle(self, data: dict[str, Any]) -> None:
+        """One event from /global/event."""
+        payload = data.get("payload") if isinstance(data.get("payload"), dict) else data
+        assert isinstance(payload, dict)
+        kind = payload.get("type")
+        properties = payload.get("properties") or {}
+        if kind == "session.updated":
+            await self.renew("session.updated")
+        elif kind == "session.status":
+            session_id = str(properties.get("sessionID", ""))
+            status = _status_type(properties.get("status"))
+            self._set_busy(session_id, status)
+            if status in _BUSY_STATES:
+                await self.renew("session busy")
+            await self._publish_busy()
+        elif kind == "session.idle":
+            self.busy.discard(str(properties.get("sessionID", "")))
+            await self._publish_busy()
+        # server.heartbeat, server.connected and the rest are not activity.
+
+    async def _publish_busy(self) -> None:
+        busy = bool(self.busy)
+        if busy == self._busy_written:
+            return
+        current = await self.store.get()
+        if current.generation != self.generation or current.status != RUNNING:
+            return
+        import dataclasses
+
+        if await self.store.put_if(self.generation, dataclasses.replace(current, busy=busy),
+                                   (RUNNING,)):
+            self._busy_written = busy
+
+    # -- the event stream ----------------------------------------------------------
+
+    async def _sync_status(self, client: httpx.AsyncClient) -> None:
+        response = await client.get(f"{self.base_url}/session/status", timeout=5)
+        response.raise_for_status()
+        statuses = response.json()
+        self.busy = {sid for sid, status in statuses.items()
+                     if _status_type(status) in _BUSY_STATES}
+        if self.busy:
+            await self.renew("session busy")
+        await self._publish_busy()
+
+    async def follow(self) -> None:
+        """Follow the event stream forever, reconnecting after every drop."""
+        attempt = 0
+        async with httpx.AsyncClient(auth=self.auth, trust_env=False,
+                                     timeout=httpx.Timeout(10, read=None)) as client:
+            while True:
+                try:
+                    async with aconnect_sse(client, "GET", f"{self.base_url}/global/event") as source:
+                        source.response.raise_for_status()
+                        self.connects += 1
+                        if self.connects > 1:
+                            log.info("event stream reconnected (connection %d)", self.connects)
+                        attempt = 0
+                        await self._sync_status(client)
+                        async for event in source.aiter_sse():
+                            if not event.data:
+                                continue
+                            try:
+                                data = json.loads(event.data)
+                            except ValueError:
+                                log.warning("ignored an event that is not JSON")
+                                continue
+                            if isinstance(data, dict):
+                                await self.handle(data)
+                    log.warning("event stream ended; reconnecting")
+                except (httpx.HTTPError, OSError) as exc:
+                    log.warning("event stream dropped (%s); reconnecting", type(exc).__name__)
+                attempt += 1
+                delay = min(self.max_backoff, 0.25 * 2 ** min(attempt, 10))
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311
+
+    # -- idleness ----------------------------------------------------------------
+
+    async def wait_until_idle(self, check_every: float) -> None:
+        """Return once the deadline has passed and no session is busy."""
+        while True:
+            current = await self.store.get()
+            if current.generation != self.generation:
+                log.warning("a newer generation (%d) owns the state; stopping",
+                            current.generation)
+                return
+            self._known_deadline = current.deadline
+            now = self.clock()
+            if self.busy:
+                await self.renew("session busy")
+            elif current.deadline is not None and now >= current.deadline:
+                log.info("idle past the deadline and no session busy: going to sleep")
+                return
+            await asyncio.sleep(check_every)
