@@ -12,6 +12,7 @@ import pytest
 
 from infra.settings import find_opencode
 from tests.support.edge import EdgeServer, make_settings, running_edge
+from tests.support.fake_model import FakeModelServer
 
 
 @pytest.fixture(scope="session")
@@ -45,9 +46,18 @@ def edge(state_dir: Path) -> Iterator[EdgeServer]:
         yield server
 
 
+@pytest.fixture(scope="session")
+def fake_model() -> Iterator[FakeModelServer]:
+    """An OpenAI-compatible model server that opencode is configured to use."""
+    with FakeModelServer() as server:
+        yield server
+
+
 @pytest.fixture(scope="module")
-def live_edge(tmp_path_factory: pytest.TempPathFactory, opencode_bin: str) -> Iterator[EdgeServer]:
-    """An edge in front of the real opencode container (started by the first request)."""
-    settings = make_settings(tmp_path_factory.mktemp("live"))
+def live_edge(tmp_path_factory: pytest.TempPathFactory, opencode_bin: str,
+              fake_model: FakeModelServer) -> Iterator[EdgeServer]:
+    """An edge in front of the real opencode container (started by the first request),
+    with the fake model as opencode's provider."""
+    settings = make_settings(tmp_path_factory.mktemp("live"), model_url=fake_model.base_url)
     with running_edge(settings) as server:
         yield server

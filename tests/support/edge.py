@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import socket
 import threading
 import time
@@ -17,6 +19,7 @@ from edge.app import Edge
 from infra.backends import open_backends
 from infra.credentials import mint_api_key
 from infra.settings import Settings
+from tests.support.fake_model import opencode_config
 
 ADMIN_PASSWORD = "test-admin-password-123"
 
@@ -27,10 +30,17 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def make_settings(state_dir: Path, **overrides: Any) -> Settings:
-    """Settings as a test wants them: isolated state, a known admin password."""
+def make_settings(state_dir: Path, model_url: str | None = None, **overrides: Any) -> Settings:
+    """Settings as a test wants them: isolated state, a known admin password, and
+    (with ``model_url``) opencode configured to use the fake model server."""
     env = {"OCEDGE_STATE_DIR": str(state_dir), "OCEDGE_ADMIN_PASSWORD": ADMIN_PASSWORD,
-           "OCEDGE_KEY_CACHE_TTL": "0"}
+           "OCEDGE_KEY_CACHE_TTL": "0", "PATH": os.environ.get("PATH", os.defpath),
+           "HOME": str(state_dir / "home"), "LANG": "C.UTF-8",
+           # opencode installs its plugin package from npm in the background on a
+           # fresh config directory; tests have no use for it.
+           "npm_config_offline": "true"}
+    if model_url is not None:
+        env["OPENCODE_CONFIG_CONTENT"] = json.dumps(opencode_config(model_url))
     settings = Settings.from_env(env)
     return settings.with_overrides(**overrides) if overrides else settings
 

@@ -25,25 +25,15 @@ from types import TracebackType
 
 import httpx
 
+from infra.settings import find_opencode
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 USERNAME = "opencode"  # opencode's fixed Basic-auth user unless OPENCODE_SERVER_USERNAME is set
 
 
 def find_opencode_bin() -> str:
-    """`OCEDGE_OPENCODE_BIN`, else the pinned one in node_modules, else /tmp/oc's, else PATH."""
-    explicit = os.environ.get("OCEDGE_OPENCODE_BIN")
-    if explicit:
-        return explicit
-    for candidate in (
-        PROJECT_ROOT / "node_modules" / ".bin" / "opencode",
-        Path("/tmp/oc/node_modules/.bin/opencode"),
-    ):
-        if os.access(candidate, os.X_OK):
-            return str(candidate)
-    found = shutil.which("opencode")
-    if found is None:
-        raise FileNotFoundError("opencode not found: set OCEDGE_OPENCODE_BIN or run `make setup`")
-    return found
+    """The opencode the project pins (node_modules), as the container would find it."""
+    return find_opencode()
 
 
 def free_port(host: str = "127.0.0.1") -> int:
