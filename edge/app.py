@@ -10,18 +10,21 @@ import asyncio
 import logging
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from edge import responses
 from edge.auth import Authenticator, AuthResult, Identity, read_credentials
 from edge.intent import ACTIVITY, BACKGROUND, classify, is_navigation
-from edge.proxy import HttpForwarder, Upstream, UpstreamUnavailable, forward_websocket
 from edge.session import SessionSigner, clear_cookie_header, set_cookie_header
 from edge.throttle import FailureThrottle
 from edge.types import Receive, Scope, Send
+
+if TYPE_CHECKING:
+    import httpx
+
+    from edge.proxy import HttpForwarder
 from edge.wake import Waker
 from edge.waking import waking_page
 from infra.backends import Backends, open_backends
@@ -79,6 +82,12 @@ class Edge:
     @property
     def forwarder(self) -> HttpForwarder:
         if self._forwarder is None:
+            # httpx is imported on the first forwarded request, not at start-up:
+            # the health check a Lambda front door runs first does not need it.
+            import httpx
+
+            from edge.proxy import HttpForwarder
+
             transport = httpx.AsyncHTTPTransport(
                 limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100,
                                     keepalive_expiry=30), trust_env=False)
@@ -258,6 +267,8 @@ class Edge:
                 return
         elif intent == ACTIVITY:
             self.renew(current)
+        from edge.proxy import Upstream, UpstreamUnavailable, forward_websocket
+
         host, _, port = current.endpoint.rpartition(":")
         upstream = Upstream(host, int(port), password=current.credential or "")
         try:

@@ -1,0 +1,157 @@
+"""Watch and poke a deployment's container from a test: state, launches, processes, CLI.
+
+Everything here reads what a user or operator could see too: the state item, the
+launch log and container log in the state directory, the processes, `ocedge`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from infra.interfaces import ContainerState
+from tests.support.edge import ADMIN_PASSWORD, EdgeServer
+
+OCEDGE = Path(sys.executable).parent / "ocedge"
+
+# Headers a browser sends: a navigation, and a background fetch/XHR.
+NAVIGATE = {"Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document", "Sec-Fetch-Site": "none",
+            "Accept": "text/html,application/xhtml+xml,*/*;q=0.8",
+            "User-Agent": "Mozilla/5.0 (X11; Linux x86_64) test"}
+BACKGROUND = {"Sec-Fetch-Mode": "cors", "Sec-Fetch-Dest": "empty", "Sec-Fetch-Site": "same-origin",
+              "Accept": "application/json", "User-Agent": "Mozilla/5.0 (X11; Linux x86_64) test"}
+ADMIN_AUTH = ("admin", ADMIN_PASSWORD)
+
+
+def state(edge: EdgeServer) -> ContainerState:
+    return edge.run(edge.edge.backends.state.get())
+
+
+def launches(edge: EdgeServer) -> int:
+    return edge.edge.backends.compute.launches()
+
+
+def writes(edge: EdgeServer, kind: str | None = None) -> list[tuple[float, str, str, str]]:
+    """The state store's audit of successful writes: (at, writer, kind, status)."""
+    return edge.edge.backends.state.writes(kind)
+
+
+def wait_for(edge: EdgeServer, ok: Callable[[ContainerState], bool], timeout: float,
+             what: str) -> ContainerState:
+    deadline = time.monotonic() + timeout
+    current = state(edge)
+    while time.monotonic() < deadline:
+        current = state(edge)
+        if ok(current):
+            return current
+        time.sleep(0.1)
+    raise AssertionError(f"the state never became {what} within {timeout:.0f} s: {current}")
+
+
+def wait_for_status(edge: EdgeServer, *statuses: str, timeout: float = 60) -> ContainerState:
+    return wait_for(edge, lambda s: s.status in statuses, timeout, " or ".join(statuses))
+
+
+def ensure_asleep(edge: EdgeServer) -> ContainerState:
+    """Put the container to sleep (as `ocedge sleep` would) if it is up."""
+    current = state(edge)
+    if current.status in ("stopped", "failed") and container_pid(edge) is None:
+        return current
+    edge.run(edge.edge.backends.compute.stop())
+    return wait_for_status(edge, "stopped", "failed", timeout=60)
+
+
+def container_pid(edge: EdgeServer) -> int | None:
+    """The live container process of this deployment, if any."""
+    try:
+        pid = int((edge.settings.state_dir / "container.pid").read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    return pid if alive(pid) else None
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+def children(pid: int) -> list[int]:
+    done = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
+    return [int(p) for p in done.stdout.split()]
+
+
+def kill_group(pid: int) -> None:
+    """Last-resort cleanup for a container a test froze or broke."""
+    for sig in (signal.SIGKILL, signal.SIGCONT):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            return
+
+
+def container_log(edge: EdgeServer) -> str:
+    try:
+        return (edge.settings.state_dir / "container.log").read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+def tcp_connections(pid: int, peer_port: int) -> list[tuple[int, int]]:
+    """Established TCP connections that process ``pid`` holds to 127.0.0.1:``peer_port``,
+    as (local port, peer port)."""
+    done = subprocess.run(["ss", "-tnpH", "state", "established", "dst", "127.0.0.1",
+                           "dport", "=", f":{peer_port}"],
+                          capture_output=True, text=True, check=True)
+    found = []
+    for line in done.stdout.splitlines():
+        if f"pid={pid}," not in line:
+            continue
+        local, peer = line.split()[2:4]
+        found.append((int(local.rsplit(":", 1)[1]), int(peer.rsplit(":", 1)[1])))
+    return found
+
+
+def kill_tcp_connection(local_port: int, peer_port: int) -> str:
+    """Destroy one TCP socket with `ss -K` (needs root and CONFIG_INET_DIAG_DESTROY):
+    its owner sees the connection abort, as after a network drop."""
+    done = subprocess.run(["ss", "-tnK", "src", f"127.0.0.1:{local_port}",
+                           "dst", f"127.0.0.1:{peer_port}"],
+                          capture_output=True, text=True, check=True)
+    return done.stdout
+
+
+def ocedge(*argv: str, settings_env: dict[str, str] | None = None, cwd: Path,
+           timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run the installed `ocedge` as a user would (no OCEDGE_* from the test's own env)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OCEDGE_")}
+    env.update(settings_env or {})
+    return subprocess.run([str(OCEDGE), *argv], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout, check=False)
+
+
+def cli_env(edge: EdgeServer) -> dict[str, str]:
+    """What the operator's shell would hold so that `ocedge wake` starts the same
+    container the edge would: its settings minus the state directory, which the
+    tests pass with --state-dir."""
+    env = edge.settings.child_env()
+    env.pop("OCEDGE_STATE_DIR", None)
+    return env
+
+
+def status_json(edge: EdgeServer, cwd: Path) -> dict[str, Any]:
+    done = ocedge("status", "--json", "--state-dir", str(edge.settings.state_dir), cwd=cwd,
+                  timeout=30)
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    assert isinstance(data, dict)
+    return data

@@ -1,0 +1,607 @@
+"""Sleep and wake with the real opencode and the fake model: exactly one wake, idle
+deadlines, the keep-alive watcher, crashes, the reaper, the CLI and request intent.
+
+Three deployments (each its own state directory) keep the suite short:
+``main`` (30 s idle timeout), ``short`` (4 s, for tests that wait for sleep) and
+``patient`` (wake_wait 0.5 s, for the waking page). Tests assert on changes (launch
+counts, audit rows since the test began), so each also runs on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support.edge import EdgeServer, make_settings, running_edge
+from tests.support.fake_model import FakeModelServer, reply_for
+from tests.support.lifecycle import (
+    BACKGROUND,
+    NAVIGATE,
+    alive,
+    children,
+    cli_env,
+    container_log,
+    container_pid,
+    ensure_asleep,
+    kill_group,
+    kill_tcp_connection,
+    launches,
+    ocedge,
+    state,
+    status_json,
+    tcp_connections,
+    wait_for,
+    wait_for_status,
+    writes,
+)
+
+pytestmark = pytest.mark.opencode
+
+SHORT_IDLE = 4.0
+MAIN_IDLE = 30.0
+
+
+def _deployment(tmp_path_factory: pytest.TempPathFactory, fake_model: FakeModelServer,
+                name: str, **overrides: Any) -> Iterator[EdgeServer]:
+    settings = make_settings(tmp_path_factory.mktemp(name), model_url=fake_model.base_url,
+                             **overrides)
+    with running_edge(settings) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def main(tmp_path_factory: pytest.TempPathFactory, opencode_bin: str,
+         fake_model: FakeModelServer) -> Iterator[EdgeServer]:
+    yield from _deployment(tmp_path_factory, fake_model, "main", idle_timeout=MAIN_IDLE)
+
+
+@pytest.fixture(scope="module")
+def short(tmp_path_factory: pytest.TempPathFactory, opencode_bin: str,
+          fake_model: FakeModelServer) -> Iterator[EdgeServer]:
+    yield from _deployment(tmp_path_factory, fake_model, "short", idle_timeout=SHORT_IDLE)
+
+
+@pytest.fixture(scope="module")
+def patient(tmp_path_factory: pytest.TempPathFactory, opencode_bin: str,
+            fake_model: FakeModelServer) -> Iterator[EdgeServer]:
+    yield from _deployment(tmp_path_factory, fake_model, "patient", idle_timeout=MAIN_IDLE,
+                           wake_wait=0.5)
+
+
+def _key_headers(edge: EdgeServer) -> dict[str, str]:
+    return {"Authorization": f"Bearer {edge.create_key()}"}
+
+
+def _client(edge: EdgeServer, headers: dict[str, str], timeout: float = 60) -> httpx.Client:
+    return httpx.Client(base_url=edge.url, headers=headers, timeout=timeout, trust_env=False)
+
+
+def _wake(edge: EdgeServer, auth: dict[str, str]) -> None:
+    """Make sure the container runs, the way a user would: one API request."""
+    with _client(edge, auth) as client:
+        response = client.get("/global/health")
+    assert response.status_code == 200, response.text
+    wait_for_status(edge, "running", timeout=5)
+
+
+def _create_session(client: httpx.Client, title: str) -> str:
+    created = client.post("/session", json={"title": title})
+    assert created.status_code == 200, created.text
+    session_id = created.json()["id"]
+    assert isinstance(session_id, str)
+    return session_id
+
+
+def _transition_at(edge: EdgeServer, status: str, after: float) -> float:
+    """When the state item was first written with ``status`` after ``after``."""
+    times = [at for at, _, kind, s in writes(edge, "put") if s == status and at > after]
+    assert times, f"no transition to {status} after {after}"
+    return times[0]
+
+
+def _assistant_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [m for m in messages if m["info"]["role"] == "assistant"]
+
+
+def _text(message: dict[str, Any]) -> str:
+    return "".join(p.get("text", "") for p in message["parts"] if p.get("type") == "text")
+
+
+# -- exactly one wake ----------------------------------------------------------------
+
+
+def test_200_concurrent_requests_to_a_sleeping_deployment_start_exactly_one_container(
+        main: EdgeServer) -> None:
+    ensure_asleep(main)
+    auth = _key_headers(main)
+    before, started = launches(main), time.time()
+
+    async def burst() -> list[httpx.Response | BaseException]:
+        limits = httpx.Limits(max_connections=250, max_keepalive_connections=0)
+        async with httpx.AsyncClient(base_url=main.url, headers=auth, limits=limits,
+                                     timeout=90, trust_env=False) as client:
+            return await asyncio.gather(*(client.get("/global/health") for _ in range(200)),
+                                        return_exceptions=True)
+
+    results = asyncio.run(burst())
+
+    errors = [r for r in results if isinstance(r, BaseException)]
+    assert not errors, f"{len(errors)} requests failed outright, e.g. {errors[0]!r}"
+    responses = [r for r in results if isinstance(r, httpx.Response)]
+    statuses = Counter(r.status_code for r in responses)
+    assert set(statuses) <= {200, 503}, statuses
+    for response in responses:
+        if response.status_code == 503:
+            assert response.headers.get("Retry-After"), response.text
+        else:
+            assert response.json().get("healthy") is True
+    assert statuses[200] > 0, f"no request got through once the container ran: {statuses}"
+    assert launches(main) - before == 1, "concurrent cold requests started more than one container"
+    starts = [w for w in writes(main, "put") if w[3] == "starting" and w[0] >= started]
+    assert len(starts) == 1, f"the start lease was taken {len(starts)} times"
+    assert state(main).status == "running"
+
+
+# -- the keep-alive watcher --------------------------------------------------------
+
+
+def test_watcher_reconnects_after_its_event_stream_is_killed_and_still_renews(
+        main: EdgeServer) -> None:
+    auth = _key_headers(main)
+    _wake(main, auth)
+    with _client(main, auth) as client:
+        session_id = _create_session(client, "reconnect-probe")
+    running = state(main)
+    assert running.endpoint is not None
+    opencode_port = int(running.endpoint.rsplit(":", 1)[1])
+    pid = container_pid(main)
+    assert pid is not None
+    # The watcher connects right after registering; give it a moment if it just woke.
+    connections: list[tuple[int, int]] = []
+    deadline = time.monotonic() + 10
+    while not connections and time.monotonic() < deadline:
+        connections = tcp_connections(pid, opencode_port)
+        time.sleep(0.1)
+    assert connections, "the container holds no connection to opencode's event stream"
+
+    log_offset = len(container_log(main))
+    for local, peer in connections:
+        assert str(local) in kill_tcp_connection(local, peer), "ss -K destroyed nothing"
+
+    deadline = time.monotonic() + 15
+    new_log = ""
+    while time.monotonic() < deadline:
+        new_log = container_log(main)[log_offset:]
+        if "event stream reconnected" in new_log:
+            break
+        time.sleep(0.1)
+    assert "event stream dropped" in new_log or "event stream ended" in new_log, new_log
+    assert "event stream reconnected" in new_log, f"no reconnect logged:\n{new_log}"
+    assert tcp_connections(pid, opencode_port), "no new connection to opencode"
+
+    # Behaviour: a session.updated after the drop still renews the deadline. It is
+    # caused on opencode directly, so only the watcher can have seen it; waiting out
+    # 5% of the timeout since the last renewal (by anyone) makes a renewal due.
+    container_writer = f":{pid}"
+    last_renewal = (state(main).deadline or 0) - MAIN_IDLE
+    time.sleep(max(0.0, last_renewal + 0.05 * MAIN_IDLE + 0.3 - time.time()))
+    patched_at = time.time()
+    renamed = httpx.patch(f"http://{running.endpoint}/session/{session_id}",
+                          json={"title": "renamed after reconnect"},
+                          auth=("opencode", running.credential or ""), timeout=10,
+                          trust_env=False)
+    assert renamed.status_code == 200, renamed.text
+    renewed = wait_for(main, lambda s: (s.deadline or 0) >= patched_at + MAIN_IDLE - 0.1,
+                       timeout=5, what="renewed after the session.updated")
+    assert renewed.generation == running.generation
+    # The audit row lands just after the state row it describes.
+    deadline = time.monotonic() + 2
+    while not [w for w in writes(main, "deadline")
+               if w[1].endswith(container_writer) and w[0] >= patched_at]:
+        assert time.monotonic() < deadline, (
+            "the deadline was renewed, but not by the watcher: "
+            f"{writes(main, 'deadline')[-3:]}")
+        time.sleep(0.05)
+
+
+# -- a crashed opencode ------------------------------------------------------------
+
+
+def test_crashed_opencode_gives_clean_502s_then_recovers_on_the_next_request(
+        main: EdgeServer, fake_model: FakeModelServer) -> None:
+    auth = _key_headers(main)
+    _wake(main, auth)
+    with _client(main, auth) as client:
+        session_id = _create_session(client, "crash-probe")
+    pid = container_pid(main)
+    assert pid is not None
+    opencode = children(pid)
+    assert len(opencode) == 1, f"expected opencode as the container's only child: {opencode}"
+    before = launches(main)
+
+    # In flight when opencode dies: a prompt waiting for its (slow) answer, and an
+    # event stream.
+    prompt = "[slow:30] crash-probe in flight"
+    in_flight: dict[str, Any] = {}
+
+    def send_prompt() -> None:
+        started = time.monotonic()
+        try:
+            in_flight["response"] = httpx.post(
+                f"{main.url}/session/{session_id}/message", headers=auth, timeout=60,
+                json={"parts": [{"type": "text", "text": prompt}]}, trust_env=False)
+        except httpx.HTTPError as exc:
+            in_flight["error"] = exc
+        in_flight["took"] = time.monotonic() - started
+
+    def follow_events() -> None:
+        started = time.monotonic()
+        try:
+            with httpx.stream("GET", f"{main.url}/global/event", trust_env=False,
+                              headers=auth | {"Accept": "text/event-stream"},
+                              timeout=httpx.Timeout(10, read=30)) as response:
+                in_flight["events_status"] = response.status_code
+                for _ in response.iter_bytes():
+                    pass
+            in_flight["events_ended"] = time.monotonic() - started
+        except httpx.HTTPError as exc:
+            in_flight["events_error"] = exc
+
+    threads = [threading.Thread(target=send_prompt, daemon=True),
+               threading.Thread(target=follow_events, daemon=True)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 20
+    while not any("crash-probe in flight" in json.dumps(r["body"]) for r in fake_model.chat_requests()):
+        assert time.monotonic() < deadline, "the prompt never reached the model"
+        time.sleep(0.1)
+    assert in_flight.get("events_status") == 200
+    killed_at = time.monotonic()
+    os.kill(opencode[0], signal.SIGKILL)
+
+    # A request right after the crash: a clear 502, at once.
+    with _client(main, auth, timeout=30) as client:
+        right_after = client.get(f"/session/{session_id}")
+    assert time.monotonic() - killed_at < 5, "the request right after the crash hung"
+    assert right_after.status_code == 502, (right_after.status_code, right_after.text)
+    assert right_after.json()["error"] == "upstream_unavailable"
+    assert "did not answer" in right_after.json()["message"]
+
+    for thread in threads:
+        thread.join(timeout=15)
+        assert not thread.is_alive(), "a request in flight hung after opencode crashed"
+    response = in_flight.get("response")
+    assert response is not None, f"the prompt in flight got no response: {in_flight.get('error')!r}"
+    assert response.status_code == 502, (response.status_code, response.text)
+    assert response.json()["error"] == "upstream_unavailable"
+    assert "events_error" not in in_flight, in_flight.get("events_error")
+    assert in_flight["events_ended"] is not None
+
+    failed = wait_for_status(main, "failed", timeout=15)
+    assert failed.reason and "crashed" in failed.reason, failed.reason
+    assert not alive(pid), "the container outlived its opencode"
+    assert launches(main) == before, "something restarted the container before the next request"
+
+    with _client(main, auth) as client:
+        recovered = client.get(f"/session/{session_id}")
+    assert recovered.status_code == 200, recovered.text
+    assert recovered.json()["id"] == session_id
+    assert launches(main) == before + 1
+    assert state(main).status == "running"
+
+
+# -- the reaper ----------------------------------------------------------------------
+
+
+def test_reaper_stops_a_hung_container_only_once_its_deadline_is_past_the_grace(
+        main: EdgeServer, tmp_path: Path) -> None:
+    auth = _key_headers(main)
+    _wake(main, auth)
+    pid = container_pid(main)
+    assert pid is not None
+    opencode = children(pid)
+    state_dir = str(main.settings.state_dir)
+    # Hung: the container process no longer runs (and so never puts itself to
+    # sleep), while its deadline lies 20 s in the past.
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        current = state(main)
+        overdue = dataclasses.replace(current, deadline=time.time() - 20)
+        assert main.run(main.edge.backends.state.put_if(current.generation, overdue, ("running",)))
+
+        early = ocedge("reap", "--grace", "60", "--json", "--state-dir", state_dir, cwd=tmp_path)
+        assert early.returncode == 0, early.stderr
+        assert json.loads(early.stdout)["reaped"] is False
+        assert alive(pid) and state(main).status == "running"
+
+        started = time.monotonic()
+        reaped = ocedge("reap", "--grace", "5", "--json", "--state-dir", state_dir, cwd=tmp_path)
+        took = time.monotonic() - started
+        assert reaped.returncode == 0, reaped.stderr
+        assert json.loads(reaped.stdout)["reaped"] is True, reaped.stdout
+        assert not alive(pid), "the reaper left the hung container running"
+        assert not any(alive(p) for p in opencode), "the reaper left opencode running"
+        after = state(main)
+        assert after.status == "failed" and "reaped" in (after.reason or ""), after
+        print(f"reaping the frozen container took {took:.1f} s")
+    finally:
+        if alive(pid):
+            kill_group(pid)
+
+    before = launches(main)
+    with _client(main, auth) as client:
+        assert client.get("/global/health").status_code == 200
+    assert launches(main) == before + 1
+
+
+# -- the CLI -------------------------------------------------------------------------
+
+
+def test_cli_status_wake_and_sleep_honour_state_dir(main: EdgeServer, tmp_path: Path) -> None:
+    ensure_asleep(main)
+    state_dir = str(main.settings.state_dir)
+    asleep = status_json(main, tmp_path)
+    assert {"status", "generation", "since", "deadline", "busy"} <= set(asleep)
+    assert asleep["status"] in ("stopped", "failed")
+    before = launches(main)
+
+    woke = ocedge("wake", "--state-dir", state_dir, settings_env=cli_env(main), cwd=tmp_path)
+    assert woke.returncode == 0, woke.stderr
+    assert "Waking the workspace" in woke.stderr
+    progress = [line.split() for line in woke.stderr.splitlines() if line.strip().endswith(
+        ("starting", "running"))]
+    assert [p[-1] for p in progress][-2:] == ["starting", "running"], woke.stderr
+    assert woke.stdout.startswith("running"), woke.stdout
+    assert launches(main) == before + 1
+
+    awake = status_json(main, tmp_path)
+    assert awake["status"] == "running"
+    assert awake["generation"] > asleep["generation"]
+    assert awake["since"] > asleep["since"]
+    assert awake["deadline"] > time.time()
+    assert awake["busy"] is False
+    # The edge uses the container the CLI started.
+    with _client(main, _key_headers(main)) as client:
+        assert client.get("/global/health").status_code == 200
+    assert launches(main) == before + 1
+
+    slept = ocedge("sleep", "--state-dir", state_dir, cwd=tmp_path)
+    assert slept.returncode == 0, slept.stderr
+    assert slept.stdout.startswith("stopped"), slept.stdout
+    final = status_json(main, tmp_path)
+    assert final["status"] == "stopped" and final["generation"] == awake["generation"]
+    assert container_pid(main) is None
+
+
+# -- idle deadline ---------------------------------------------------------------------
+
+
+def test_idle_container_sleeps_on_time_and_wakes_with_its_sessions(short: EdgeServer) -> None:
+    ensure_asleep(short)
+    auth = _key_headers(short)
+    before = launches(short)
+    sent = time.time()
+    with _client(short, auth) as client:
+        session_id = _create_session(client, "survives-sleep")
+    answered = time.time()
+    assert launches(short) == before + 1
+
+    wait_for_status(short, "stopped", timeout=SHORT_IDLE + 30)
+    went_to_sleep = _transition_at(short, "stopping", sent)
+    assert went_to_sleep >= sent + SHORT_IDLE, "it went to sleep before the idle timeout"
+    assert went_to_sleep <= answered + SHORT_IDLE + 5, "it overslept its idle timeout"
+
+    with _client(short, auth) as client:
+        listed = client.get("/session")
+    assert listed.status_code == 200, listed.text
+    assert session_id in [s["id"] for s in listed.json()], "the session did not survive the sleep"
+    assert launches(short) == before + 2
+
+
+def test_deadline_writes_follow_the_5_percent_rule_and_stop_while_asleep(
+        short: EdgeServer) -> None:
+    auth = _key_headers(short)
+    _wake(short, auth)
+    with _client(short, auth) as client:
+        session_id = _create_session(client, "deadline-writes")
+    before = launches(short)
+    started = time.time()
+    drive_for = 6.0  # well past the idle timeout: only renewals keep it up
+
+    async def drive() -> Counter[int]:
+        statuses: Counter[int] = Counter()
+        async with httpx.AsyncClient(base_url=short.url, headers=auth, timeout=30,
+                                     trust_env=False) as client:
+            async def reader() -> None:
+                while time.time() < started + drive_for:
+                    statuses[(await client.get("/session")).status_code] += 1
+
+            async def renamer() -> None:
+                n = 0
+                while time.time() < started + drive_for:
+                    n += 1
+                    response = await client.patch(f"/session/{session_id}", json={"title": f"t{n}"})
+                    statuses[response.status_code] += 1
+                    await asyncio.sleep(0.1)
+
+            await asyncio.gather(*(reader() for _ in range(8)), renamer())
+        return statuses
+
+    statuses = asyncio.run(drive())
+    stopped_driving = time.time()
+    assert set(statuses) == {200}, statuses
+    assert sum(statuses.values()) > 100, statuses
+    assert launches(short) == before, "the container slept while it was being used"
+
+    wait_for_status(short, "stopped", timeout=SHORT_IDLE + 30)
+    went_to_sleep = _transition_at(short, "stopping", started)
+    assert went_to_sleep >= stopped_driving + 0.9 * SHORT_IDLE, "slept before the timeout passed"
+
+    rows = [w for w in writes(short, "deadline") if started <= w[0]]
+    by_writer: dict[str, list[float]] = {}
+    for at, writer, _, _ in rows:
+        by_writer.setdefault(writer, []).append(at)
+    assert any(w.startswith("edge:") for w in by_writer), "the edge never renewed the deadline"
+    assert any(w.startswith("container:") for w in by_writer), "the watcher never renewed"
+    interval = 0.05 * SHORT_IDLE
+    elapsed = went_to_sleep - started
+    for writer, times in by_writer.items():
+        assert len(times) <= elapsed / interval + 1, (
+            f"{writer} wrote the deadline {len(times)} times in {elapsed:.1f} s")
+        gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+        assert min(gaps, default=interval) >= 0.5 * interval, (
+            f"{writer} wrote twice within {min(gaps):.3f} s")
+    print({w: len(t) for w, t in by_writer.items()}, f"over {elapsed:.1f} s,",
+          sum(statuses.values()), "requests")
+
+    # No deadline write ever happened while the state was not running.
+    status_at = "stopped"
+    for at, _, kind, status in writes(short):
+        if kind == "put":
+            status_at = status
+        else:
+            assert status_at == "running", f"a deadline write at {at} while {status_at}"
+
+    # Asleep: an open tab's background requests are refused at once, wake nothing
+    # and write nothing.
+    audit_before, launches_before = len(writes(short)), launches(short)
+    browser = BACKGROUND | auth
+    with _client(short, browser) as client:
+        for path in ["/session", "/global/health", "/api/health", "/session/status"] * 5:
+            asked = time.monotonic()
+            response = client.get(path)
+            assert time.monotonic() - asked < 1.0, "a background request waited for a wake"
+            assert response.status_code == 503, (path, response.status_code)
+            assert response.headers.get("Retry-After")
+            assert response.json()["error"] == "asleep"
+    assert launches(short) == launches_before
+    assert len(writes(short)) == audit_before, "background requests wrote to the state"
+    assert state(short).status == "stopped"
+
+
+def test_a_prompt_longer_than_the_idle_timeout_finishes_before_the_container_sleeps(
+        short: EdgeServer, tmp_path: Path) -> None:
+    auth = _key_headers(short)
+    _wake(short, auth)
+    with _client(short, auth) as client:
+        session_id = _create_session(client, "long-job")
+    before = launches(short)
+    prompt = "[slow:12] long job"
+    sent = time.time()
+    with _client(short, auth) as client:
+        queued = client.post(f"/session/{session_id}/prompt_async",
+                             json={"parts": [{"type": "text", "text": prompt}]})
+    assert queued.status_code == 204, queued.text
+
+    # Watch it the way an open tab would (background GETs: forwarded, never renewing)
+    # and the way an operator would (`ocedge status --json`).
+    samples: list[tuple[float, str, bool]] = []
+    cli_busy: list[dict[str, Any]] = []
+    next_cli = time.monotonic() + 2
+    done: dict[str, Any] | None = None
+    with _client(short, BACKGROUND | auth) as tab:
+        deadline = time.monotonic() + 60
+        while done is None and time.monotonic() < deadline:
+            current = state(short)
+            samples.append((time.time(), current.status, current.busy))
+            if time.monotonic() >= next_cli:
+                cli_busy.append(status_json(short, tmp_path))
+                next_cli = time.monotonic() + 3
+            response = tab.get(f"/session/{session_id}/message")
+            assert response.status_code == 200, (
+                f"the tab lost the session mid-prompt: {response.status_code} {response.text}")
+            for message in _assistant_messages(response.json()):
+                if message["info"].get("time", {}).get("completed"):
+                    done = message
+            time.sleep(0.25)
+    assert done is not None, "the long prompt never completed"
+    finished = done["info"]["time"]["completed"] / 1000
+    assert "error" not in done["info"], done["info"]
+    assert _text(done) == reply_for(prompt), "the reply was cut short"
+    assert finished - sent >= 12 > SHORT_IDLE
+
+    during = [s for s in samples if sent <= s[0] <= finished]
+    assert during and all(status == "running" for _, status, _ in during), during
+    assert any(busy for _, _, busy in during), "the state never showed the session busy"
+    busy_reports = [c for c in cli_busy if c["busy"]]
+    assert busy_reports, f"`ocedge status --json` never showed busy: {cli_busy}"
+    assert all(c["status"] == "running" for c in busy_reports)
+    assert launches(short) == before
+
+    wait_for_status(short, "stopped", timeout=SHORT_IDLE + 30)
+    went_to_sleep = _transition_at(short, "stopping", sent)
+    assert went_to_sleep >= finished + 0.9 * SHORT_IDLE, (
+        f"slept {went_to_sleep - finished:.1f} s after the prompt finished")
+    assert went_to_sleep <= finished + SHORT_IDLE + 5, "overslept after the prompt finished"
+    assert launches(short) == before
+
+
+# -- request intent --------------------------------------------------------------------
+
+
+def test_background_and_event_stream_requests_never_wake_a_sleeping_container(
+        patient: EdgeServer) -> None:
+    ensure_asleep(patient)
+    auth = _key_headers(patient)
+    before, audit_before = launches(patient), len(writes(patient))
+    asks = [
+        ("/api/health", BACKGROUND | auth),  # the UI's poll
+        ("/global/event", BACKGROUND | auth | {"Accept": "text/event-stream"}),  # EventSource
+        ("/global/event", auth | {"Accept": "text/event-stream"}),  # an SDK's event stream
+    ]
+    for path, headers in asks:
+        asked = time.monotonic()
+        with _client(patient, headers) as client:
+            response = client.get(path)
+        took = time.monotonic() - asked
+        assert response.status_code == 503, (path, headers, response.text)
+        assert response.headers.get("Retry-After"), path
+        assert took < patient.settings.wake_wait, f"{path} waited {took:.2f} s for a wake"
+    time.sleep(0.5)
+    assert launches(patient) == before, "a background request woke the container"
+    assert len(writes(patient)) == audit_before
+    assert state(patient).status in ("stopped", "failed")
+
+
+def test_navigation_gets_the_waking_page_while_it_starts_then_the_ui(
+        patient: EdgeServer) -> None:
+    ensure_asleep(patient)
+    auth = _key_headers(patient)
+    before = launches(patient)
+    asked = time.monotonic()
+    with _client(patient, NAVIGATE | auth) as client:
+        page = client.get("/")
+    took = time.monotonic() - asked
+    assert page.status_code == 503
+    assert page.headers["content-type"].startswith("text/html")
+    assert page.headers.get("Retry-After")
+    assert "Starting your workspace" in page.text
+    assert "/_edge/status" in page.text
+    assert "src=\"http" not in page.text and "href=\"http" not in page.text, "external assets"
+    assert 0.4 <= took < 5, f"the waking page came after {took:.2f} s (wake_wait 0.5 s)"
+    assert launches(patient) == before + 1, "a navigation did not start the container"
+
+    # A second request while it is still starting waits on the same start.
+    with _client(patient, auth) as client:
+        meanwhile = client.get("/global/health")
+    assert meanwhile.status_code in (200, 503)
+    wait_for_status(patient, "running", timeout=60)
+    assert launches(patient) == before + 1
+
+    with _client(patient, NAVIGATE | auth) as client:
+        ui = client.get("/")
+    assert ui.status_code == 200
+    assert ui.headers["content-type"].startswith("text/html")
+    assert "Starting your workspace" not in ui.text
