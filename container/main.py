@@ -35,7 +35,7 @@ async def run(settings: Settings) -> int:
 
     env = opencode_environment(settings.opencode_env, settings.system_env,
                                settings.opencode_data)
-    server = OpencodeServer(settings.opencode_bin, settings.workspace, env)
+    server = OpencodeServer(settings.opencode_bin, settings.workspace_path, env)
     try:
         await server.start()
         await server.wait_ready(settings.opencode_start_timeout)

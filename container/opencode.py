@@ -147,7 +147,9 @@ def opencode_environment(passthrough: Mapping[str, str], base: Mapping[str, str]
                          data_root: Path) -> dict[str, str]:
     """The environment opencode runs with: a minimal base, its own data directories,
     and the OPENCODE_* variables the container was given."""
-    env = dict(base)
+    # The container's own AWS credentials are for the workspace and the stores,
+    # not for the agent: opencode and its terminal do not inherit them.
+    env = {k: v for k, v in base.items() if not k.startswith("AWS_")}
     env.setdefault("PATH", os.defpath)
     env.setdefault("HOME", str(data_root / "home"))
     env.setdefault("SHELL", "/bin/bash")

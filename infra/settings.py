@@ -17,7 +17,14 @@ from typing import Any
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 _CAPTURED = frozenset({"opencode_env", "system_env"})
 _EDGE_ONLY = frozenset({"admin_password", "pepper", "session_secret"})
-_SYSTEM = frozenset({"PATH", "HOME", "LANG", "LC_ALL", "TERM", "TZ", "USER", "SHELL"})
+_SYSTEM = frozenset({"PATH", "HOME", "LANG", "LC_ALL", "TERM", "TZ", "USER", "SHELL",
+                     # The standard AWS credential chain, for S3, DynamoDB and SSM.
+                     "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                     "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE",
+                     "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE", "AWS_CA_BUNDLE",
+                     "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+                     "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+                     "AWS_EC2_METADATA_DISABLED"})
 
 
 class SettingsError(ValueError):
@@ -75,10 +82,34 @@ class Settings:
     # The few process variables child processes need (PATH, HOME, locale, npm's).
     system_env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
+    # The workspace: "local" (a directory) or "s3" (the bucket FUSE-mounted).
+    workspace: str = "local"
+    s3_bucket: str | None = None
+    s3_prefix: str = "workspace"
+    # An S3-compatible endpoint (moto, MinIO); unset means AWS itself.
+    s3_endpoint: str | None = None
+    # Upper bound for the stop path (opencode, Litestream, rclone upload, unmount).
+    stop_budget: float = 60.0
+
+    # AWS backends (OCEDGE_BACKEND=aws). Names come from the stack's outputs.
+    stack: str | None = None
+    aws_region: str | None = None
+    # An endpoint for every AWS API (moto server in tests); unset means AWS.
+    aws_endpoint: str | None = None
+    keys_table: str | None = None
+    state_table: str | None = None
+    instance_id: str | None = None
+    # SSM SecureString holding the deployment's server secrets (sealing key, pepper,
+    # cookie key) as JSON; written by `ocedge init`.
+    secrets_parameter: str | None = None
+    # The streaming front door's URL, named in the buffered front door's 501s.
+    stream_url: str | None = None
+
     log_level: str = "INFO"
 
     @property
-    def workspace(self) -> Path:
+    def workspace_path(self) -> Path:
+        """Where opencode's project lives (the mount point when the workspace is S3)."""
         return self.workspace_dir or self.state_dir / "workspace"
 
     @property
@@ -142,6 +173,10 @@ class Settings:
     def _validate(self) -> None:
         if self.backend not in ("local", "aws"):
             raise SettingsError("OCEDGE_BACKEND must be 'local' or 'aws'")
+        if self.workspace not in ("local", "s3"):
+            raise SettingsError("OCEDGE_WORKSPACE must be 'local' or 's3'")
+        if self.workspace == "s3" and not self.s3_bucket:
+            raise SettingsError("OCEDGE_WORKSPACE=s3 needs OCEDGE_S3_BUCKET")
         if self.cookie_secure not in ("auto", "true", "false"):
             raise SettingsError("OCEDGE_COOKIE_SECURE must be 'auto', 'true' or 'false'")
         for name in ("session_ttl", "auth_window", "upstream_connect_timeout",

@@ -25,7 +25,7 @@ def test_defaults_need_no_settings() -> None:
     assert settings.port == 8787
     assert settings.idle_timeout == 600
     assert settings.wake_wait == 20
-    assert settings.workspace == Path(".ocedge") / "workspace"
+    assert settings.workspace_path == Path(".ocedge") / "workspace"
     assert settings.opencode_data == Path(".ocedge") / "opencode"
     assert settings.opencode_bin  # found, or the bare name to look up on PATH
     assert settings.opencode_env == {}
@@ -52,7 +52,7 @@ def test_values_are_parsed_to_their_types(tmp_path: Path) -> None:
     assert settings.trust_forwarded is True
     assert settings.cookie_secure == "true"
     assert settings.admin_user == "me"
-    assert settings.workspace == tmp_path / "ws"
+    assert settings.workspace_path == tmp_path / "ws"
     assert settings.key_cache_ttl == 0
 
 
