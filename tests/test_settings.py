@@ -82,7 +82,20 @@ def test_opencode_and_system_variables_are_captured_not_everything() -> None:
         "AWS_SECRET_ACCESS_KEY": "do-not-copy", "RANDOM_THING": "x",
     })
     assert settings.opencode_env == {"OPENCODE_CONFIG_CONTENT": "{}"}
-    assert settings.system_env == {"PATH": "/usr/bin", "HOME": "/home/u"}
+    # The container needs the AWS credential chain (S3, DynamoDB)...
+    assert settings.system_env == {"PATH": "/usr/bin", "HOME": "/home/u",
+                                   "AWS_SECRET_ACCESS_KEY": "do-not-copy"}
+
+
+def test_opencode_does_not_inherit_aws_credentials(tmp_path: Path) -> None:
+    from container.opencode import opencode_environment
+
+    settings = Settings.from_env({"PATH": "/usr/bin", "AWS_SECRET_ACCESS_KEY": "do-not-copy",
+                                  "AWS_ACCESS_KEY_ID": "AKIA", "OPENCODE_X": "1"})
+    env = opencode_environment(settings.opencode_env, settings.system_env, tmp_path)
+    # ...but the agent and its terminal do not get them.
+    assert not any(name.startswith("AWS_") for name in env)
+    assert env["OPENCODE_X"] == "1" and env["PATH"] == "/usr/bin"
 
 
 def test_secrets_are_not_in_the_repr() -> None:
