@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import sys
 import time
 from typing import TYPE_CHECKING, Any
@@ -71,6 +72,8 @@ class Edge:
                            start_timeout=settings.opencode_start_timeout + 30)
         self._client: httpx.AsyncClient | None = None
         self._forwarder: HttpForwarder | None = None
+        # The pinned TLS link to the current generation's container, if it has one.
+        self._pinned: tuple[int, HttpForwarder, ssl.SSLContext] | None = None
         self._state: tuple[float, ContainerState] | None = None
         self.deadline = Deadline(self.backends.state, settings.idle_timeout,
                                  writer=self.waker.owner)
@@ -97,11 +100,36 @@ class Edge:
                 self.settings.upstream_connect_timeout, self.settings.trust_forwarded)
         return self._forwarder
 
+    async def _pinned_link(self, current: ContainerState) -> tuple[HttpForwarder, ssl.SSLContext]:
+        """A forwarder whose TLS trusts only ``current``'s registered certificate;
+        a new generation gets a new one, and the old link is closed."""
+        if self._pinned is not None and self._pinned[0] == current.generation:
+            return self._pinned[1], self._pinned[2]
+        import httpx
+
+        from edge.proxy import HttpForwarder, pinned_context
+
+        context = pinned_context(current.cert_pem or "")
+        transport = httpx.AsyncHTTPTransport(
+            verify=context, trust_env=False,
+            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100,
+                                keepalive_expiry=30))
+        forwarder = HttpForwarder(transport, self.settings.upstream_read_timeout,
+                                  self.settings.upstream_connect_timeout,
+                                  self.settings.trust_forwarded)
+        old, self._pinned = self._pinned, (current.generation, forwarder, context)
+        if old is not None:
+            await old[1].transport.aclose()
+        return forwarder, context
+
     async def aclose(self) -> None:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
             self._forwarder = None
+        if self._pinned is not None:
+            await self._pinned[1].transport.aclose()
+            self._pinned = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -272,13 +300,20 @@ class Edge:
         host, _, port = current.endpoint.rpartition(":")
         upstream = Upstream(host, int(port), password=current.credential or "")
         try:
+            if current.cert_pem:
+                forwarder, context = await self._pinned_link(current)
+                tls: ssl.SSLContext | None = context
+            else:
+                forwarder, tls = self.forwarder, None
             if scope["type"] == "websocket":
                 await forward_websocket(scope, receive, send, upstream,
                                         self.settings.trust_forwarded,
+                                        scheme="wss" if tls else "ws", ssl=tls,
                                         on_message=lambda: self.renew(current))
             else:
-                await self.forwarder.forward(scope, receive, send, upstream,
-                                             self._cookie_for(scope, result.identity))
+                await forwarder.forward(scope, receive, send, upstream,
+                                        self._cookie_for(scope, result.identity),
+                                        scheme="https" if tls else "http")
         except UpstreamUnavailable as exc:
             log.warning("container at generation %d unreachable: %s", current.generation, exc)
             self._state = None

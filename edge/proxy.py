@@ -12,6 +12,7 @@ import asyncio
 import base64
 import contextlib
 import logging
+import ssl
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,6 +61,18 @@ class Upstream:
         query = scope.get("query_string") or b""
         target = path.decode("latin-1") + ("?" + query.decode("latin-1") if query else "")
         return f"{scheme}://{self.host}:{self.port}{target}"
+
+
+def pinned_context(cert_pem: str) -> ssl.SSLContext:
+    """A client TLS context that trusts exactly one certificate: the one the
+    container of the current generation registered. No CA, no system roots."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    # The certificate itself is the pin; the address it was issued for adds nothing.
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.load_verify_locations(cadata=cert_pem)
+    return context
 
 
 class UpstreamUnavailable(Exception):
@@ -170,7 +183,7 @@ class HttpForwarder:
         try:
             response = await self.transport.handle_async_request(request)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError,
-                httpx.ReadError, httpx.PoolTimeout, httpx.ReadTimeout) as exc:
+                httpx.ReadError, httpx.PoolTimeout, httpx.ReadTimeout, ssl.SSLError) as exc:
             raise UpstreamUnavailable(f"{type(exc).__name__}: {exc}") from exc
         try:
             await self._respond(response, receive, send, extra_headers or [],
@@ -245,7 +258,7 @@ async def forward_websocket(scope: Scope, receive: Receive, send: Send, upstream
             subprotocols=subprotocols or None,
             open_timeout=10, ping_interval=20, ping_timeout=20, max_size=None,
             compression=None, ssl=ssl, user_agent_header=None, proxy=None)
-    except (OSError, TimeoutError, InvalidHandshake, InvalidStatus) as exc:
+    except (OSError, TimeoutError, InvalidHandshake, InvalidStatus, ssl.SSLError) as exc:
         raise UpstreamUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
     message = await receive()

@@ -3,7 +3,8 @@
 Three small contracts, each with a local (SQLite / child process) and an AWS
 (DynamoDB / EC2) implementation beside this module:
 
-- :class:`KeyStore`   — the admin user and API keys (hashed), and server secrets;
+- :class:`KeyStore`   — the admin user, API keys (hashed) and provider credentials
+  (sealed);
 - :class:`StateStore` — the one state item of the deployment's container;
 - :class:`Compute`    — start / stop / describe the container host.
 """
@@ -50,6 +51,28 @@ class ApiKeyRecord:
 
 
 @dataclass(frozen=True)
+class ProviderCredential:
+    """A model provider's API key (BYOK), as stored: sealed, never in the clear.
+
+    ``provider`` is opencode's provider id (``anthropic``, ``openai``, …); ``sealed``
+    opens only with the deployment's sealing key (see :mod:`infra.providers`).
+    """
+
+    provider: str
+    sealed: bytes = field(repr=False)
+    created: float
+    updated: float
+
+
+class BackendError(RuntimeError):
+    """A store or compute call failed in a way the user can act on.
+
+    The message names what is missing or wrong and what to do; it never carries
+    a secret. The CLI prints it without a traceback.
+    """
+
+
+@dataclass(frozen=True)
 class ContainerState:
     """The deployment's one state item.
 
@@ -92,6 +115,17 @@ class KeyStore(Protocol):
 
     async def touch_key(self, key_id: str, when: float) -> None:
         """Record that a key was used (callers throttle how often)."""
+
+    async def put_provider(self, provider: str, sealed: bytes, when: float) -> None:
+        """Store (or replace) the sealed credential of ``provider``."""
+
+    async def get_provider(self, provider: str) -> ProviderCredential | None: ...
+
+    async def list_providers(self) -> list[ProviderCredential]:
+        """Every stored provider credential, by provider id."""
+
+    async def remove_provider(self, provider: str) -> bool:
+        """Delete ``provider``'s credential; False if there was none."""
 
 
 class StateStore(Protocol):

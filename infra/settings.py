@@ -105,6 +105,15 @@ class Settings:
     # The streaming front door's URL, named in the buffered front door's 501s.
     stream_url: str | None = None
 
+    # The container's TLS gate: the only listener on a public interface. It serves
+    # a per-boot self-signed certificate (which the edge pins) and checks the
+    # internal credential before relaying to opencode on loopback.
+    gate: bool = False
+    gate_host: str = "0.0.0.0"  # noqa: S104 - the gate is the public listener
+    gate_port: int = 8443
+    # The address the edge should dial; unset: discovered (EC2 metadata) or 127.0.0.1.
+    public_host: str | None = None
+
     log_level: str = "INFO"
 
     @property
@@ -188,8 +197,9 @@ class Settings:
                 raise SettingsError(f"OCEDGE_{name.upper()} must not be negative")
         if self.auth_max_failures < 1:
             raise SettingsError("OCEDGE_AUTH_MAX_FAILURES must be at least 1")
-        if not 0 < self.port < 65536:
-            raise SettingsError("OCEDGE_PORT must be a TCP port number")
+        for name in ("port", "gate_port"):
+            if not 0 < getattr(self, name) < 65536:
+                raise SettingsError(f"OCEDGE_{name.upper()} must be a TCP port number")
         if not self.admin_user or ":" in self.admin_user:
             raise SettingsError("OCEDGE_ADMIN_USER must be non-empty and contain no ':'")
 

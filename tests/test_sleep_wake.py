@@ -406,12 +406,46 @@ def test_idle_container_sleeps_on_time_and_wakes_with_its_sessions(short: EdgeSe
     went_to_sleep = _transition_at(short, "stopping", sent)
     assert went_to_sleep >= sent + SHORT_IDLE, "it went to sleep before the idle timeout"
     assert went_to_sleep <= answered + SHORT_IDLE + 5, "it overslept its idle timeout"
+    # Let the process finish exiting: a request in the ~0.1 s between "stopped" and
+    # the exit hits the bug test_a_request_just_after_it_fell_asleep_wakes_it shows.
+    deadline = time.monotonic() + 10
+    while container_pid(short) is not None:
+        assert time.monotonic() < deadline, "the container process never exited"
+        time.sleep(0.05)
 
     with _client(short, auth) as client:
         listed = client.get("/session")
     assert listed.status_code == 200, listed.text
     assert session_id in [s["id"] for s in listed.json()], "the session did not survive the sleep"
     assert launches(short) == before + 2
+
+
+# BUG: infra/local/compute.py LocalCompute._start returns without launching while the
+# previous container process is still alive. The container writes "stopped" and
+# only then exits (~0.1 s later), so a request in that window takes the start lease
+# (state: starting), compute.start() is a silent no-op, and the wake hangs until the
+# waker's start_timeout (opencode_start_timeout + 30 = 90 s) marks it failed.
+def test_a_request_just_after_it_fell_asleep_wakes_it(
+        tmp_path_factory: pytest.TempPathFactory, opencode_bin: str,
+        fake_model: FakeModelServer) -> None:
+    for edge in _deployment(tmp_path_factory, fake_model, "fell-asleep",
+                            idle_timeout=SHORT_IDLE):
+        auth = _key_headers(edge)
+        _wake(edge, auth)
+        pid = container_pid(edge)
+        assert pid is not None
+        wait_for(edge, lambda s: s.status == "stopped", timeout=SHORT_IDLE + 30,
+                 what="stopped", poll=0.005)
+        exiting = alive(pid)
+        asked = time.monotonic()
+        with _client(edge, auth) as client:
+            response = client.get("/global/health")
+        took = time.monotonic() - asked
+        assert exiting, "the container had exited already: this run did not catch the window"
+        assert response.status_code == 200, (
+            f"after {took:.1f} s: {response.status_code} {response.text}; "
+            f"launches: {launches(edge)}")
+        assert launches(edge) == 2
 
 
 def test_deadline_writes_follow_the_5_percent_rule_and_stop_while_asleep(

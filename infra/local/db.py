@@ -27,6 +27,12 @@ CREATE TABLE IF NOT EXISTS api_keys (
     last_used REAL,
     scopes TEXT NOT NULL DEFAULT 'all'
 );
+CREATE TABLE IF NOT EXISTS provider_keys (
+    provider TEXT PRIMARY KEY,
+    sealed BLOB NOT NULL,
+    created REAL NOT NULL,
+    updated REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS state_writes (
     at REAL NOT NULL,
     writer TEXT NOT NULL,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from infra.interfaces import AdminUser, ApiKeyRecord
+from infra.interfaces import AdminUser, ApiKeyRecord, ProviderCredential
 from infra.local.db import Database
 
 _COLUMNS = "id, name, secret_hash, created, expires, revoked, last_used, scopes"
@@ -69,3 +69,32 @@ class LocalKeyStore:
     async def touch_key(self, key_id: str, when: float) -> None:
         await self.db.arun(lambda conn: conn.execute(
             "UPDATE api_keys SET last_used = ? WHERE id = ?", (when, key_id)))
+
+    async def put_provider(self, provider: str, sealed: bytes, when: float) -> None:
+        await self.db.arun(lambda conn: conn.execute(
+            "INSERT INTO provider_keys (provider, sealed, created, updated) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (provider) DO UPDATE SET sealed = excluded.sealed, "
+            "updated = excluded.updated", (provider, sealed, when, when)))
+
+    async def get_provider(self, provider: str) -> ProviderCredential | None:
+        row = await self.db.arun(lambda conn: conn.execute(
+            "SELECT provider, sealed, created, updated FROM provider_keys WHERE provider = ?",
+            (provider,)).fetchone())
+        return _provider(row) if row else None
+
+    async def list_providers(self) -> list[ProviderCredential]:
+        rows = await self.db.arun(lambda conn: conn.execute(
+            "SELECT provider, sealed, created, updated FROM provider_keys "
+            "ORDER BY provider").fetchall())
+        return [_provider(row) for row in rows]
+
+    async def remove_provider(self, provider: str) -> bool:
+        cursor = await self.db.arun(lambda conn: conn.execute(
+            "DELETE FROM provider_keys WHERE provider = ?", (provider,)))
+        return cursor.rowcount == 1
+
+
+def _provider(row: tuple[Any, ...]) -> ProviderCredential:
+    provider, sealed, created, updated = row
+    return ProviderCredential(provider=str(provider), sealed=bytes(sealed),
+                              created=float(created), updated=float(updated))

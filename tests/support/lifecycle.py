@@ -44,14 +44,14 @@ def writes(edge: EdgeServer, kind: str | None = None) -> list[tuple[float, str, 
 
 
 def wait_for(edge: EdgeServer, ok: Callable[[ContainerState], bool], timeout: float,
-             what: str) -> ContainerState:
+             what: str, poll: float = 0.1) -> ContainerState:
     deadline = time.monotonic() + timeout
     current = state(edge)
     while time.monotonic() < deadline:
         current = state(edge)
         if ok(current):
             return current
-        time.sleep(0.1)
+        time.sleep(poll)
     raise AssertionError(f"the state never became {what} within {timeout:.0f} s: {current}")
 
 

@@ -1,0 +1,217 @@
+"""Headless Chromium (Debian's, never a downloaded one) driven by Playwright, for UI tests.
+
+    with launch_chromium() as browser:
+        with BrowserPages(browser, shots_dir) as pages:
+            page = pages.new_page(edge.url)      # HTTP Basic as the admin
+            anonymous = pages.new_page(edge.url, login=False)
+            ...
+            pages.failed = True                  # → screenshots of every open page
+
+Playwright's sync API keeps an asyncio loop marked as running on this thread for
+as long as it is started, so ``asyncio.run`` cannot be called meanwhile: read the
+edge's state with ``EdgeServer.run`` and stop edges with :func:`serve_edge`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import TracebackType
+
+import pytest
+from playwright.sync_api import (
+    Browser,
+    BrowserContext,
+    HttpCredentials,
+    Page,
+    ViewportSize,
+    WebSocket,
+    sync_playwright,
+)
+
+from infra.interfaces import ContainerState
+from infra.settings import Settings
+from tests.support.edge import ADMIN_PASSWORD, EdgeServer
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run",
+                 "--disable-quic"]
+VIEWPORT: ViewportSize = {"width": 1400, "height": 900}
+
+
+@contextmanager
+def launch_chromium() -> Iterator[Browser]:
+    """Debian's Chromium under Playwright. Each launch gets a fresh temporary profile
+    (Playwright's own user-data dir, removed on close); fails clearly when Chromium
+    is missing. Never runs ``playwright install``."""
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(f"Chromium is not installed at {CHROMIUM}: run `make setup-test` "
+                    "(apt-get install chromium); the UI tests never download a browser")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS,
+                                             headless=True)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+class BrowserPages:
+    """Browser contexts (each a separate cookie jar) against one edge, closed together.
+
+    Set ``failed`` before leaving to save a screenshot of every open page to
+    ``shots_dir`` (the test's tmp dir): a failing UI test then shows what the user saw.
+    """
+
+    def __init__(self, browser: Browser, shots_dir: Path) -> None:
+        self.browser = browser
+        self.shots_dir = shots_dir
+        self.contexts: list[BrowserContext] = []
+        self.failed = False
+        self.screenshots: list[Path] = []
+
+    def new_context(self, base_url: str, login: bool = True,
+                    password: str = ADMIN_PASSWORD) -> BrowserContext:
+        """A fresh context (no cookies, no storage) whose relative URLs go to ``base_url``;
+        with ``login`` it answers the edge's Basic challenge as the admin."""
+        credentials: HttpCredentials = {"username": "admin", "password": password}
+        context = self.browser.new_context(
+            base_url=base_url, viewport=VIEWPORT, http_credentials=credentials if login else None)
+        self.contexts.append(context)
+        return context
+
+    def new_page(self, base_url: str, login: bool = True,
+                 password: str = ADMIN_PASSWORD) -> Page:
+        return self.new_context(base_url, login, password).new_page()
+
+    def save_screenshots(self) -> list[Path]:
+        saved = []
+        for c, context in enumerate(self.contexts):
+            for p, page in enumerate(context.pages):
+                path = self.shots_dir / f"failure-context{c}-page{p}.png"
+                try:
+                    page.screenshot(path=str(path), full_page=True, timeout=10_000)
+                except Exception as exc:  # the page may be the reason the test failed
+                    print(f"could not screenshot {page.url}: {exc}")
+                    continue
+                print(f"screenshot of {page.url}: {path}")
+                saved.append(path)
+        return saved
+
+    def close(self) -> None:
+        if self.failed:
+            self.screenshots = self.save_screenshots()
+        for context in self.contexts:
+            context.close()
+        self.contexts.clear()
+
+    def __enter__(self) -> BrowserPages:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.failed = self.failed or kind is not None
+        self.close()
+
+
+# -- the edge under a running Playwright -----------------------------------------------
+
+
+@contextmanager
+def serve_edge(settings: Settings) -> Iterator[EdgeServer]:
+    """``running_edge`` for tests that hold a browser open: ``EdgeServer.stop`` uses
+    ``asyncio.run``, which Playwright's loop forbids on this thread, so stop it on
+    another one. The container's HOME exists, as a real user's does (opencode's folder
+    picker answers 500 for a HOME that does not exist)."""
+    Path(settings.system_env.get("HOME", settings.state_dir / "home")).mkdir(
+        parents=True, exist_ok=True)
+    server = EdgeServer(settings).start()
+    try:
+        yield server
+    finally:
+        stopper = threading.Thread(target=server.stop, daemon=True)
+        stopper.start()
+        stopper.join(timeout=60)
+
+
+def container_state(edge: EdgeServer) -> ContainerState:
+    """The state item as the edge's store has it now."""
+    state: ContainerState = edge.run(edge.edge.backends.state.get())
+    return state
+
+
+# -- the opencode UI ---------------------------------------------------------------------
+
+
+def open_workspace_project(page: Page, workspace: Path) -> None:
+    """On the opencode home page, add the workspace as a project the way a user does:
+    "Add project", type its path, pick it."""
+    page.get_by_role("button", name="Add project").first.click()
+    page.get_by_placeholder("Search folders").fill(str(workspace))
+    page.locator(f'[data-slot="list-item"][data-key="{workspace}"]').click()
+    # The home page now offers the project's sessions (and a "New session" button).
+    page.get_by_placeholder("Search sessions in workspace").wait_for()
+
+
+def send_prompt(page: Page, text: str) -> None:
+    box = page.get_by_role("textbox", name="Prompt")
+    box.click()
+    box.press_sequentially(text)
+    box.press("Enter")
+
+
+class TerminalOutput:
+    """What the terminal's WebSocket delivered to the page.
+
+    The opencode terminal (ghostty-web) draws on a canvas, so its text is not in the
+    DOM; the bytes the page received on /pty/{id}/connect are exactly what it draws.
+    """
+
+    def __init__(self, page: Page) -> None:
+        self.sockets: list[WebSocket] = []
+        self._text: list[str] = []
+        self._lock = threading.Lock()
+        page.on("websocket", self._opened)
+
+    def _opened(self, socket: WebSocket) -> None:
+        if re.search(r"/pty/[^/]+/connect", socket.url):
+            self.sockets.append(socket)
+            socket.on("framereceived", self._received)
+
+    def _received(self, payload: str | bytes) -> None:
+        if isinstance(payload, bytes):
+            if payload[:1] == b"\x00":  # opencode's control frames (cursor position)
+                return
+            payload = payload.decode("utf-8", "replace")
+        with self._lock:
+            self._text.append(payload)
+
+    @property
+    def text(self) -> str:
+        with self._lock:
+            return "".join(self._text)
+
+    def wait_for(self, page: Page, pattern: str, timeout: float = 15) -> str:
+        """Wait (letting the page's events run) until ``pattern`` has arrived."""
+        deadline = time.monotonic() + timeout
+        while not re.search(pattern, self.text):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the terminal never showed {pattern!r}; it got "
+                                     f"{self.text[-500:]!r}")
+            page.wait_for_timeout(100)
+        return self.text
+
+
+def wait_until(page: Page, check: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``check`` while the page keeps running (its own events are dispatched)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        page.wait_for_timeout(200)

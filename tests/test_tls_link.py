@@ -1,0 +1,145 @@
+"""The edge → container link over TLS pinned to the container's per-boot certificate."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from container.gate import Gate
+from container.tls import BootCertificate, make_certificate
+from infra.lifecycle import Lifecycle
+from tests.support.capture import INTERNAL_SECRET, CaptureServer, running_capture
+from tests.support.edge import ADMIN_PASSWORD, EdgeServer
+
+CREDENTIAL_HEADER = b"Basic " + base64.b64encode(f"opencode:{INTERNAL_SECRET}".encode())
+
+
+class GateThread:
+    """A real gate in front of the capture server, on its own event loop."""
+
+    def __init__(self, upstream_port: int, cert: BootCertificate) -> None:
+        self.cert = cert
+        self.loop = asyncio.new_event_loop()
+        self.gate = Gate(CREDENTIAL_HEADER, upstream_port, cert.server_context())
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.port: int = asyncio.run_coroutine_threadsafe(
+            self.gate.start("127.0.0.1", 0), self.loop).result(10)
+
+    def stop(self) -> None:
+        async def shutdown() -> None:
+            await self.gate.close()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()
+
+
+@pytest.fixture
+def capture() -> Iterator[CaptureServer]:
+    with running_capture() as server:
+        yield server
+
+
+@pytest.fixture
+def gate(capture: CaptureServer) -> Iterator[GateThread]:
+    thread = GateThread(capture.port, make_certificate("127.0.0.1"))
+    yield thread
+    thread.stop()
+
+
+def _register(edge: EdgeServer, port: int, cert_pem: str) -> None:
+    edge.run(Lifecycle(edge.edge.backends.state).register_running(
+        f"127.0.0.1:{port}", INTERNAL_SECRET, cert_pem, 600, "test"))
+
+
+def test_the_edge_reaches_the_container_through_the_pinned_gate(
+        edge: EdgeServer, gate: GateThread, capture: CaptureServer) -> None:
+    _register(edge, gate.port, gate.cert.cert_pem)
+    response = httpx.get(f"{edge.url}/session?x=1", auth=("admin", ADMIN_PASSWORD), timeout=10)
+    assert response.status_code == 200
+    seen = capture.last("/session")
+    assert seen.header("authorization") == CREDENTIAL_HEADER.decode()
+    assert seen.header("x-forwarded-proto") == "http"
+
+
+def test_event_stream_passes_the_gate_event_by_event(
+        edge: EdgeServer, gate: GateThread) -> None:
+    _register(edge, gate.port, gate.cert.cert_pem)
+    arrivals = []
+    with httpx.stream("GET", f"{edge.url}/global/event", auth=("admin", ADMIN_PASSWORD),
+                      headers={"Accept": "text/event-stream"}, timeout=10) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if line.startswith("data:"):
+                arrivals.append(time.monotonic())
+            if len(arrivals) == 3:
+                break
+    # Events are 100 ms apart upstream; buffering would deliver them together.
+    assert arrivals[2] - arrivals[0] > 0.12
+
+
+def test_websocket_passes_the_gate(edge: EdgeServer, gate: GateThread) -> None:
+    from websockets.sync.client import connect
+
+    _register(edge, gate.port, gate.cert.cert_pem)
+    key = edge.create_key("ws")
+    url = edge.url.replace("http://", "ws://") + "/pty/abc/connect"
+    with connect(url, additional_headers={"Authorization": f"Bearer {key}"},
+                 open_timeout=10) as ws:
+        ws.send("hello through tls")
+        assert "hello through tls" in str(ws.recv(timeout=10))
+
+
+def test_the_edge_refuses_a_container_presenting_another_certificate(
+        edge: EdgeServer, gate: GateThread, capture: CaptureServer) -> None:
+    # The state names a certificate the gate does not have (an impostor, or a
+    # stale registration): the edge must not talk to it at all.
+    _register(edge, gate.port, make_certificate("127.0.0.1").cert_pem)
+    before = len(capture.requests)
+    response = httpx.get(f"{edge.url}/session", auth=("admin", ADMIN_PASSWORD), timeout=10)
+    assert response.status_code == 502
+    assert response.json()["error"] == "upstream_unavailable"
+    assert len(capture.requests) == before
+
+
+def test_the_gate_refuses_a_connection_without_the_internal_credential(
+        gate: GateThread, capture: CaptureServer) -> None:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # an attacker does not care about the pin
+    before = len(capture.requests)
+    for authorization in (b"", b"Authorization: Basic " + base64.b64encode(b"opencode:guess")
+                          + b"\r\n"):
+        with socket.create_connection(("127.0.0.1", gate.port), timeout=5) as raw, \
+                context.wrap_socket(raw) as tls:
+            tls.sendall(b"GET /session HTTP/1.1\r\nHost: x\r\n" + authorization + b"\r\n")
+            answer = tls.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 401")
+    assert len(capture.requests) == before
+
+
+def test_plain_http_to_the_gate_gets_nothing(gate: GateThread,
+                                             capture: CaptureServer) -> None:
+    with socket.create_connection(("127.0.0.1", gate.port), timeout=5) as raw:
+        raw.sendall(b"GET /session HTTP/1.1\r\nHost: x\r\n\r\n")
+        raw.settimeout(2)
+        try:
+            answer = raw.recv(4096)
+        except (ConnectionResetError, TimeoutError):
+            answer = b""
+    assert not answer.startswith(b"HTTP/1.1 200")
+    assert all(r.path != "/session" for r in capture.requests)
