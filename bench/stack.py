@@ -173,7 +173,7 @@ class Stack:
         child = self._spawn("edge", [
             sys.executable, "-m", "uvicorn", "edge.app:app", "--host", "127.0.0.1",
             "--port", str(port), *_server_flags(), "--lifespan", "on", "--no-access-log",
-            "--log-level", "warning"], env)
+            "--log-level", "warning", "--no-proxy-headers"], env)
         edge = Target("edge", port, f"Bearer {new.key}", pids=(child.pid,))
         self._wait(child, edge, "/_edge/health", timeout=15)
         # The first authenticated request wakes the container (local compute).

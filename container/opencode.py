@@ -13,8 +13,10 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import httpx
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger("ocedge.container")
 
@@ -67,6 +69,8 @@ class OpencodeServer:
 
     @property
     def auth(self) -> httpx.BasicAuth:
+        import httpx
+
         return httpx.BasicAuth(USERNAME, self.password)
 
     async def start(self) -> None:
@@ -87,19 +91,24 @@ class OpencodeServer:
     async def wait_ready(self, timeout: float) -> None:
         """Poll /global/health with short per-request timeouts: opencode sometimes never
         answers the very first request that arrives as its port opens."""
+        import httpx
+
         deadline = time.monotonic() + timeout
+        probe = 0.25  # grows if opencode is slow to answer, so a busy start still passes
         async with httpx.AsyncClient(auth=self.auth, trust_env=False) as client:
             while time.monotonic() < deadline:
                 if self.process is not None and self.process.returncode is not None:
                     raise OpencodeFailed(
                         f"opencode exited with status {self.process.returncode} while starting")
                 try:
-                    response = await client.get(f"{self.url}/global/health", timeout=1.0)
+                    response = await client.get(f"{self.url}/global/health", timeout=probe)
                     if response.status_code == 200 and response.json().get("healthy"):
                         return
+                except httpx.TimeoutException:
+                    probe = min(probe * 1.5, 2.0)
                 except (httpx.HTTPError, ValueError):
                     pass
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(0.03)
         raise OpencodeFailed(f"opencode did not become ready within {timeout:.0f} s")
 
     def signal(self, sig: int) -> None:
@@ -120,6 +129,8 @@ class OpencodeServer:
         """
         if self.process is None:
             return 0
+        import httpx
+
         if self.process.returncode is None:
             try:
                 async with httpx.AsyncClient(auth=self.auth, trust_env=False) as client:

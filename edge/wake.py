@@ -18,7 +18,7 @@ from infra.lifecycle import Lifecycle
 
 log = logging.getLogger("ocedge.edge")
 
-_POLL = 0.1
+_POLL = 0.05
 
 
 class Waker:
