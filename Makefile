@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup setup-test run test check lint typecheck bench clean
+.PHONY: setup setup-test run test check lint typecheck bench image clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,15 +20,16 @@ node_modules/.installed: package.json package-lock.json
 	@node_modules/.bin/opencode --version >/dev/null
 	@touch $@
 
-# Debian packages the tests and benchmarks drive: Chromium (the UI tests) and
-# nginx (the benchmark's reference proxy).
-/usr/bin/chromium /usr/sbin/nginx:
+# Debian packages the tests and benchmarks drive: Chromium (the UI tests), nginx
+# (the benchmark's reference proxy), shellcheck and systemd-analyze (the deploy
+# scripts and unit). One grouped rule: a single apt-get for all of them.
+/usr/bin/chromium /usr/sbin/nginx /usr/bin/shellcheck /usr/bin/systemd-analyze &:
 	$(SUDO) apt-get update -qq
-	$(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium nginx
+	$(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium nginx shellcheck systemd
 
 setup: $(VENV)/.installed node_modules/.installed
 
-setup-test: setup /usr/bin/chromium /usr/sbin/nginx
+setup-test: setup /usr/bin/chromium /usr/sbin/nginx /usr/bin/shellcheck /usr/bin/systemd-analyze
 
 run: setup
 	$(VENV)/bin/ocedge dev
@@ -52,5 +53,10 @@ check: lint typecheck test
 bench: setup-test /usr/bin/wrk
 	$(PY) -m bench
 
+# Build the container image for a deployed stack and push it to its ECR repository.
+STACK ?= $(or $(OCEDGE_STACK),opencode-edge)
+image:
+	deploy/push-image.sh "$(STACK)"
+
 clean:
-	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache .aws-sam

@@ -62,7 +62,8 @@ class Edge:
 
     def __init__(self, settings: Settings, backends: Backends | None = None) -> None:
         self.settings = settings
-        self.backends = backends or open_backends(settings)
+        # aiobotocore on the request path: one async AWS client per process.
+        self.backends = backends or open_backends(settings, aws_client="aiobotocore")
         self.signer = SessionSigner(self.backends.session_secret)
         self.auth = Authenticator(
             self.backends.keys, self.backends.pepper, self.signer,
@@ -130,6 +131,7 @@ class Edge:
         if self._pinned is not None:
             await self._pinned[1].transport.aclose()
             self._pinned = None
+        await self.backends.aclose()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -158,6 +160,9 @@ class Edge:
 
     async def startup(self) -> None:
         """Local mode creates the admin on first run (printing a generated password once)."""
+        if self.settings.backend == "aws":
+            # Import aiobotocore and make its clients now, not on the first request.
+            await self.backends.warm()
         if self.settings.backend == "local":
             from infra.admin import ensure_admin
 

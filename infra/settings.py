@@ -109,7 +109,7 @@ class Settings:
     # a per-boot self-signed certificate (which the edge pins) and checks the
     # internal credential before relaying to opencode on loopback.
     gate: bool = False
-    gate_host: str = "0.0.0.0"  # noqa: S104 - the gate is the public listener
+    gate_host: str = "0.0.0.0"  # the gate is the container's public listener
     gate_port: int = 8443
     # The address the edge should dial; unset: discovered (EC2 metadata) or 127.0.0.1.
     public_host: str | None = None

@@ -1,0 +1,33 @@
+"""The scheduled Lambda that runs the reaper against the AWS backends.
+
+Handler: ``infra.aws.reaper_lambda.handler``. Configured like the edge, from
+``OCEDGE_*`` variables (state table, instance). An EventBridge schedule invokes
+it every few minutes; the event may carry ``{"grace": seconds}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from infra.backends import open_backends
+from infra.reaper import DEFAULT_GRACE, reap
+from infra.settings import Settings
+
+log = logging.getLogger("ocedge.reaper")
+
+
+def handler(event: Any, context: Any, settings: Settings | None = None) -> dict[str, Any]:
+    settings = settings or Settings.from_env()
+    logging.getLogger().setLevel(settings.log_level.upper())
+    grace = DEFAULT_GRACE
+    if isinstance(event, dict) and isinstance(event.get("grace"), int | float):
+        grace = float(event["grace"])
+    backends = open_backends(settings)
+    # A stuck start on EC2 is a boot plus opencode's start: give it that long.
+    start_timeout = max(600.0, settings.opencode_start_timeout + 300.0)
+    result = asyncio.run(reap(backends.state, backends.compute, grace=grace,
+                              start_timeout=start_timeout))
+    log.info("reaper: %s (%s)", result.detail, result.status)
+    return {"reaped": result.reaped, "status": result.status, "detail": result.detail}
