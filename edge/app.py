@@ -124,6 +124,7 @@ class Edge:
         return forwarder, context
 
     async def aclose(self) -> None:
+        self.waker.cancel()
         if self._client is not None:
             await self._client.aclose()
             self._client = None
@@ -287,21 +288,40 @@ class Edge:
             await self._refuse(scope, receive, send, result)
             return
         intent = classify(scope)
+        # A bodiless activity request that finds the container gone (it fell asleep
+        # since the cached state was read) may take the wake path once more.
+        retry = (intent == ACTIVITY and scope["type"] == "http"
+                 and scope["method"] in ("GET", "HEAD"))
         current = await self.state()
-        if current.status != RUNNING or not current.endpoint:
-            if intent == BACKGROUND:
-                # An open tab's polls must not wake a sleeping container.
-                await self._not_ready(scope, receive, send, current, result.identity)
-                return
-            current = await self.waker.ensure_running(self.settings.wake_wait)
-            self._state = None
+        while True:
             if current.status != RUNNING or not current.endpoint:
-                await self._not_ready(scope, receive, send, current, result.identity)
+                if intent == BACKGROUND:
+                    # An open tab's polls must not wake a sleeping container.
+                    await self._not_ready(scope, receive, send, current, result.identity)
+                    return
+                current = await self.waker.ensure_running(self.settings.wake_wait)
+                self._state = None
+                if current.status != RUNNING or not current.endpoint:
+                    await self._not_ready(scope, receive, send, current, result.identity)
+                    return
+            elif intent == ACTIVITY:
+                self.renew(current)
+            if await self._forward(scope, receive, send, current, result.identity):
                 return
-        elif intent == ACTIVITY:
-            self.renew(current)
+            fresh = await self.backends.state.get()
+            if not retry or (fresh.status == RUNNING and fresh.generation == current.generation):
+                await self._unreachable(scope, receive, send)
+                return
+            retry = False
+            current = fresh
+
+    async def _forward(self, scope: Scope, receive: Receive, send: Send,
+                       current: ContainerState, identity: Identity) -> bool:
+        """Forward to ``current``'s container; False if it could not be reached
+        (nothing was sent to the client then)."""
         from edge.proxy import Upstream, UpstreamUnavailable, forward_websocket
 
+        assert current.endpoint is not None
         host, _, port = current.endpoint.rpartition(":")
         upstream = Upstream(host, int(port), password=current.credential or "")
         try:
@@ -317,13 +337,14 @@ class Edge:
                                         on_message=lambda: self.renew(current))
             else:
                 await forwarder.forward(scope, receive, send, upstream,
-                                        self._cookie_for(scope, result.identity),
+                                        self._cookie_for(scope, identity),
                                         scheme="https" if tls else "http")
         except UpstreamUnavailable as exc:
             log.warning("container at generation %d unreachable: %s", current.generation, exc)
             self._state = None
             await self.waker.container_gone(current)
-            await self._unreachable(scope, receive, send)
+            return False
+        return True
 
     def renew(self, current: ContainerState) -> None:
         """Activity: bump the idle deadline (in the background, at most once per 5%)."""

@@ -76,6 +76,11 @@ class Waker:
                     continue
             await asyncio.sleep(_POLL)
 
+    def cancel(self) -> None:
+        """Stop waiting (shutdown); a start already asked for goes on without us."""
+        if self._waiting is not None and not self._waiting.done():
+            self._waiting.cancel()
+
     async def container_gone(self, seen: ContainerState) -> None:
         """The container at ``seen`` stopped answering: if its process is gone,
         record that so the next request starts a new one."""

@@ -229,7 +229,7 @@ def test_throttle_is_per_client(state_dir: Path) -> None:
 
 def test_spoofed_forwarded_for_does_not_escape_the_throttle(state_dir: Path) -> None:
     # Without trust_forwarded the client address is the socket's, whatever X-Forwarded-For says.
-    # BUG: uvicorn's default proxy_headers=True (infra/cli.py dev(), tests/support/edge.py)
+    # Regression (fixed): uvicorn's default proxy_headers=True (infra/cli.py dev(), tests/support/edge.py)
     # rewrites the client address from X-Forwarded-For for loopback peers before the edge
     # sees it, so each spoofed address gets a fresh failure budget.
     with running_edge(make_settings(state_dir, auth_max_failures=3)) as edge:

@@ -133,7 +133,7 @@ def test_bad_expiry_is_refused_and_creates_nothing(state_dir: Path, tmp_path: Pa
 
 def test_empty_expiry_is_refused_not_a_key_that_never_expires(state_dir: Path,
                                                                tmp_path: Path) -> None:
-    # BUG: infra/cli.py keys_create tests `if args.expires`, so `--expires ""` (say, an
+    # Regression (fixed): infra/cli.py keys_create tests `if args.expires`, so `--expires ""` (say, an
     # unset "$TTL" in a script) silently mints a key that never expires.
     done = ocedge("keys", "create", "--name", "laptop", "--expires", "", "--state-dir",
                   str(state_dir), cwd=tmp_path)

@@ -142,7 +142,7 @@ def test_edge_sets_forwarded_headers(edge: EdgeServer, upstream: CaptureServer) 
 
 def test_client_supplied_forwarded_headers_are_ignored(edge: EdgeServer,
                                                        upstream: CaptureServer) -> None:
-    # BUG: infra/cli.py dev() (uvicorn.run) and tests/support/edge.py run uvicorn with its
+    # Regression (fixed): infra/cli.py dev() (uvicorn.run) and tests/support/edge.py run uvicorn with its
     # default proxy_headers=True, so uvicorn itself rewrites the client address and scheme
     # from X-Forwarded-For/-Proto for loopback peers, whatever OCEDGE_TRUST_FORWARDED says.
     spoofed = {"X-Forwarded-For": "6.6.6.6", "X-Forwarded-Proto": "https",
@@ -371,7 +371,7 @@ def test_container_close_reaches_the_client(edge: EdgeServer, upstream: CaptureS
 
 def test_websocket_ignores_the_process_proxy_settings(
         edge: EdgeServer, upstream: CaptureServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    # BUG: edge/proxy.py forward_websocket calls websockets' connect() without proxy=None,
+    # Regression (fixed): edge/proxy.py forward_websocket calls websockets' connect() without proxy=None,
     # so HTTP(S)_PROXY in the edge's environment reroutes the edge→container WebSocket
     # (the HTTP forwarder uses trust_env=False): the terminal breaks while HTTP works.
     dead_proxy = f"http://127.0.0.1:{free_port()}"

@@ -137,7 +137,7 @@ def test_unparseable_value_is_rejected_by_name(name: str, raw: str) -> None:
     ("OCEDGE_WAKE_WAIT", "nan"),
 ])
 def test_non_finite_numbers_are_rejected_by_name(name: str, raw: str) -> None:
-    # BUG: infra/settings.py _parse accepts float("nan")/float("inf") and _validate's
+    # Regression (fixed): infra/settings.py _parse accepts float("nan")/float("inf") and _validate's
     # `<= 0` / `< 0` checks are False for nan, so OCEDGE_IDLE_TIMEOUT=nan is taken
     # (a deadline of nan: the container never sleeps) instead of being refused.
     with pytest.raises(SettingsError) as error:

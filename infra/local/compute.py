@@ -54,6 +54,12 @@ class LocalCompute:
 
     def _start(self) -> None:
         with self._lock:
+            # Callers hold the start lease, so a process still alive here is the
+            # previous container on its way out: it wrote "stopped" a moment before
+            # exiting. Wait for it (bounded) rather than mistake it for the new one.
+            deadline = time.monotonic() + 15
+            while self._pid() is not None and time.monotonic() < deadline:
+                time.sleep(0.02)
             if self._pid() is not None:
                 return
             self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -78,6 +84,8 @@ class LocalCompute:
     async def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM the process group; SIGKILL it if it has not exited in ``timeout``."""
         self._signal(signal.SIGTERM)
+        # A stopped (frozen) process acts on SIGTERM only once it runs again.
+        self._signal(signal.SIGCONT)
         deadline = time.monotonic() + timeout
         while self._pid() is not None and time.monotonic() < deadline:
             await asyncio.sleep(0.05)

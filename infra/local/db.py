@@ -65,6 +65,21 @@ class Database:
         with self._lock:
             return fn(self._conn)
 
+    def transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """``fn`` in one write transaction: its statements land together or not at all."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(self._conn)
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+            return result
+
+    async def atransaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await asyncio.to_thread(self.transaction, fn)
+
     async def arun(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         return await asyncio.to_thread(self.run, fn)
 

@@ -43,7 +43,9 @@ class LocalStateStore:
                 _audit(conn, new.lease_owner or "-", "put", new.status)
             return written
 
-        return await self.db.arun(write)
+        # The write and its audit row in one transaction: a reader never sees one
+        # without the other.
+        return await self.db.atransaction(write)
 
     async def extend_deadline(self, generation: int, deadline: float, now: float,
                               writer: str) -> bool:
@@ -57,7 +59,9 @@ class LocalStateStore:
                 _audit(conn, writer, "deadline", "running")
             return written
 
-        return await self.db.arun(write)
+        # The write and its audit row in one transaction: a reader never sees one
+        # without the other.
+        return await self.db.atransaction(write)
 
     def writes(self, kind: str | None = None) -> list[tuple[float, str, str, str]]:
         """The audit of successful writes (tests and debugging count them)."""

@@ -59,6 +59,17 @@ def wait_for_status(edge: EdgeServer, *statuses: str, timeout: float = 60) -> Co
     return wait_for(edge, lambda s: s.status in statuses, timeout, " or ".join(statuses))
 
 
+def wait_until_asleep(edge: EdgeServer, timeout: float) -> ContainerState:
+    """Wait for the container to put itself to sleep: the state says stopped and
+    its process has exited (it writes the state ~0.1 s before it exits)."""
+    asleep = wait_for_status(edge, "stopped", timeout=timeout)
+    deadline = time.monotonic() + 10
+    while container_pid(edge) is not None:
+        assert time.monotonic() < deadline, "the container said stopped but never exited"
+        time.sleep(0.02)
+    return asleep
+
+
 def ensure_asleep(edge: EdgeServer) -> ContainerState:
     """Put the container to sleep (as `ocedge sleep` would) if it is up."""
     current = state(edge)
@@ -88,6 +99,20 @@ def alive(pid: int) -> bool:
 def children(pid: int) -> list[int]:
     done = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
     return [int(p) for p in done.stdout.split()]
+
+
+def opencode_children(pid: int) -> list[int]:
+    """The opencode server(s) among the container's child processes."""
+    found = []
+    for child in children(pid):
+        try:
+            with open(f"/proc/{child}/cmdline", "rb") as handle:
+                argv = handle.read().split(b"\0")
+        except FileNotFoundError:
+            continue
+        if any(b"opencode" in arg for arg in argv[:2]):
+            found.append(child)
+    return found
 
 
 def kill_group(pid: int) -> None:
