@@ -163,6 +163,8 @@ def opencode_environment(passthrough: Mapping[str, str], base: Mapping[str, str]
     env = {k: v for k, v in base.items() if not k.startswith("AWS_")}
     env.setdefault("PATH", os.defpath)
     env.setdefault("HOME", str(data_root / "home"))
+    # opencode's folder picker fails on a HOME that does not exist.
+    Path(env["HOME"]).mkdir(parents=True, exist_ok=True)
     env.setdefault("SHELL", "/bin/bash")
     env.setdefault("TERM", "xterm-256color")
     for name in ("data", "config", "state", "cache"):

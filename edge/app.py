@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 from edge.wake import Waker
 from edge.waking import waking_page
 from infra.backends import Backends, open_backends
-from infra.interfaces import FAILED, RUNNING, ContainerState
+from infra.interfaces import FAILED, RUNNING, STOPPED, STOPPING, ContainerState
 from infra.lifecycle import Deadline
 from infra.settings import Settings
 
@@ -288,10 +288,10 @@ class Edge:
             await self._refuse(scope, receive, send, result)
             return
         intent = classify(scope)
-        # A bodiless activity request that finds the container gone (it fell asleep
-        # since the cached state was read) may take the wake path once more.
-        retry = (intent == ACTIVITY and scope["type"] == "http"
-                 and scope["method"] in ("GET", "HEAD"))
+        # An activity request that finds the container gone (it fell asleep since
+        # the cached state was read) may take the wake path once more, if none of
+        # its body was read yet.
+        retry = intent == ACTIVITY and scope["type"] == "http"
         current = await self.state()
         while True:
             if current.status != RUNNING or not current.endpoint:
@@ -306,19 +306,25 @@ class Edge:
                     return
             elif intent == ACTIVITY:
                 self.renew(current)
-            if await self._forward(scope, receive, send, current, result.identity):
+            replayable = await self._forward(scope, receive, send, current, result.identity)
+            if replayable is None:
                 return
             fresh = await self.backends.state.get()
-            if not retry or (fresh.status == RUNNING and fresh.generation == current.generation):
+            # Only a container that went to sleep (or was replaced) meanwhile is
+            # woken again; a crashed or unreachable one gets its clear, fast 502.
+            went_to_sleep = fresh.status in (STOPPED, STOPPING) or (
+                fresh.generation != current.generation and fresh.status != FAILED)
+            if not (retry and replayable and went_to_sleep):
                 await self._unreachable(scope, receive, send)
                 return
             retry = False
             current = fresh
 
     async def _forward(self, scope: Scope, receive: Receive, send: Send,
-                       current: ContainerState, identity: Identity) -> bool:
-        """Forward to ``current``'s container; False if it could not be reached
-        (nothing was sent to the client then)."""
+                       current: ContainerState, identity: Identity) -> bool | None:
+        """Forward to ``current``'s container. None when done; otherwise it could
+        not be reached, nothing was sent to the client, and the result says whether
+        the request could be sent again (none of its body was read)."""
         from edge.proxy import Upstream, UpstreamUnavailable, forward_websocket
 
         assert current.endpoint is not None
@@ -343,8 +349,8 @@ class Edge:
             log.warning("container at generation %d unreachable: %s", current.generation, exc)
             self._state = None
             await self.waker.container_gone(current)
-            return False
-        return True
+            return exc.replayable
+        return None
 
     def renew(self, current: ContainerState) -> None:
         """Activity: bump the idle deadline (in the background, at most once per 5%)."""

@@ -76,7 +76,14 @@ def pinned_context(cert_pem: str) -> ssl.SSLContext:
 
 
 class UpstreamUnavailable(Exception):
-    """The container could not be reached (refused, timed out, reset before a response)."""
+    """The container could not be reached (refused, timed out, reset before a response).
+
+    ``replayable``: none of the client's request body was read, so the request can
+    be sent again (to a container that is woken meanwhile)."""
+
+    def __init__(self, message: str, replayable: bool = True) -> None:
+        super().__init__(message)
+        self.replayable = replayable
 
 
 def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
@@ -156,8 +163,11 @@ class HttpForwarder:
         caller can answer with a clear 502/503 instead.
         """
         body_done = asyncio.Event()
+        body_read = False
 
         async def request_body() -> AsyncIterator[bytes]:
+            nonlocal body_read
+            body_read = True
             while True:
                 message = await receive()
                 if message["type"] == "http.disconnect":
@@ -184,7 +194,8 @@ class HttpForwarder:
             response = await self.transport.handle_async_request(request)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError,
                 httpx.ReadError, httpx.PoolTimeout, httpx.ReadTimeout, ssl.SSLError) as exc:
-            raise UpstreamUnavailable(f"{type(exc).__name__}: {exc}") from exc
+            raise UpstreamUnavailable(f"{type(exc).__name__}: {exc}",
+                                      replayable=not body_read) from exc
         try:
             await self._respond(response, receive, send, extra_headers or [],
                                 body_done.is_set())

@@ -3,15 +3,20 @@ terminal, an open tab that lets the workspace sleep, waking it, and the waking p
 
 from __future__ import annotations
 
+import base64
 import re
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 from playwright.sync_api import Browser, Page, Response, expect
 from playwright.sync_api import Error as PlaywrightError
 
+from infra.settings import Settings
 from tests.support.browser import (
     BrowserPages,
     TerminalOutput,
@@ -23,13 +28,13 @@ from tests.support.browser import (
     wait_until,
 )
 from tests.support.edge import EdgeServer, make_settings
-from tests.support.fake_model import FakeModelServer, reply_for
+from tests.support.fake_model import FakeModelServer, reply_for, title_for
 
 pytestmark = pytest.mark.browser
 
 # Generous for a container start (opencode is up in a few seconds here).
-START = 60_000
-IDLE_TIMEOUT = 8.0
+START_MS = 60_000
+IDLE_TIMEOUT = 10.0
 
 
 @pytest.fixture(scope="module")
@@ -51,10 +56,19 @@ def pages(browser: Browser, request: pytest.FixtureRequest,
         opened.failed = request.session.testsfailed > failed_before
 
 
-def _state_dir(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
-    path = tmp_path_factory.mktemp(name) / "state"
-    path.mkdir()
-    return path
+def _settings(state_dir: Path, fake_model: FakeModelServer, **overrides: Any) -> Settings:
+    """An edge's settings with opencode on the fake model. HOME is the state directory,
+    so the workspace is a folder in it, where the UI's folder picker first looks.
+
+    The workspace is already a git repository: for a plain folder the UI runs
+    `git init` at its own pace and opencode reloads the project; a prompt sent
+    meanwhile was seen "Interrupted" (opencode's doing, not the edge's)."""
+    workspace = state_dir / "workspace"
+    workspace.mkdir(parents=True)
+    subprocess.run(["git", "init", "--quiet", str(workspace)], check=True)
+    settings = make_settings(state_dir, model_url=fake_model.base_url,
+                             workspace_dir=workspace, **overrides)
+    return settings.with_overrides(system_env={**settings.system_env, "HOME": str(state_dir)})
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +76,7 @@ def ui_edge(tmp_path_factory: pytest.TempPathFactory, opencode_bin: str,
             fake_model: FakeModelServer) -> Iterator[EdgeServer]:
     """An edge in front of the real opencode (woken by the first navigation, which it
     holds until opencode runs), with the fake model."""
-    settings = make_settings(_state_dir(tmp_path_factory, "ui"), model_url=fake_model.base_url,
-                             wake_wait=60)
+    settings = _settings(tmp_path_factory.mktemp("ui") / "state", fake_model, wake_wait=60)
     with serve_edge(settings) as server:
         yield server
 
@@ -73,10 +86,8 @@ def sleepy_edge(tmp_path: Path, opencode_bin: str,
                 fake_model: FakeModelServer) -> Iterator[EdgeServer]:
     """An edge whose container sleeps after a short idle time; a request that wakes it
     is held until it runs."""
-    state_dir = tmp_path / "state"
-    state_dir.mkdir()
-    settings = make_settings(state_dir, model_url=fake_model.base_url,
-                             idle_timeout=IDLE_TIMEOUT, wake_wait=60)
+    settings = _settings(tmp_path / "state", fake_model, idle_timeout=IDLE_TIMEOUT,
+                         wake_wait=60)
     with serve_edge(settings) as server:
         yield server
 
@@ -89,7 +100,7 @@ def _workspace(page: Page) -> Path:
 
 
 def _open_ui(page: Page) -> Response:
-    response = page.goto("/", timeout=START)
+    response = page.goto("/", timeout=START_MS)
     assert response is not None
     assert response.status == 200, f"the UI answered {response.status}: {response.text()[:300]}"
     # The opencode home page: its session search box and its own navigation.
@@ -113,16 +124,25 @@ def _start_session(page: Page, prompt: str) -> None:
 def test_without_credentials_the_browser_is_asked_to_log_in(ui_edge: EdgeServer,
                                                              pages: BrowserPages) -> None:
     page = pages.new_page(ui_edge.url, login=False)
-    response = page.goto("/")
-    assert response is not None and response.status == 401
-    assert response.headers["www-authenticate"].startswith("Basic realm=")
-    expect(page.get_by_role("heading", name="Log in to opencode-edge")).to_be_visible()
+    # Headless Chromium has no login dialog to show for the Basic challenge: it
+    # gives the navigation up, as a user who cancels the dialog would.
+    with page.expect_response(f"{ui_edge.url}/") as challenged, \
+            pytest.raises(PlaywrightError, match="ERR_INVALID_AUTH_CREDENTIALS"):
+        page.goto("/")
+    assert challenged.value.status == 401
+    assert challenged.value.headers["www-authenticate"].startswith('Basic realm="opencode-edge"')
+    assert challenged.value.headers["content-type"].startswith("text/html")
+    # What a user who cancels the login dialog reads.
+    body = page.request.get("/", headers={"Accept": "text/html"})
+    assert body.status == 401 and "Log in to opencode-edge" in body.text()
     assert not [c for c in page.context.cookies() if c["name"] == "ocedge_session"]
 
-    # Wrong credentials: the edge refuses them again, so Chromium gives up on them.
+    # Wrong credentials: refused again, and the page says why.
     wrong = pages.new_page(ui_edge.url, password="not-the-password")
-    with pytest.raises(PlaywrightError, match="ERR_INVALID_AUTH_CREDENTIALS"):
-        wrong.goto("/")
+    response = wrong.goto("/")
+    assert response is not None and response.status == 401
+    expect(wrong.get_by_role("heading", name="Log in to opencode-edge")).to_be_visible()
+    expect(wrong.get_by_text("Those credentials are not valid")).to_be_visible()
     assert not [c for c in wrong.context.cookies() if c["name"] == "ocedge_session"]
     # Nobody got in, so nothing was woken.
     assert ui_edge.edge.backends.compute.launches() == 0  # type: ignore[attr-defined]
@@ -156,6 +176,50 @@ def test_the_opencode_ui_works_through_the_edge(ui_edge: EdgeServer,
 
 
 # -- 2. sleep and wake with the UI open -----------------------------------------------------
+#
+# The idle clock only stops for activity (navigations, non-GETs): opening a project in
+# the UI's folder picker is all background GETs and takes longer than a short idle
+# timeout on a loaded machine. So these tests open a session by its address, which is
+# a navigation and quick, after creating it as an API client would.
+
+
+def _api(edge: EdgeServer) -> httpx.Client:
+    """A client of the edge as the opencode CLI or an SDK is: an API key, no browser."""
+    key = edge.create_key("browser-test")
+    return httpx.Client(base_url=edge.url, headers={"Authorization": f"Bearer {key}"},
+                        timeout=START_MS / 1000)
+
+
+def _new_session(edge: EdgeServer) -> str:
+    """A session created through the edge as an API client would."""
+    with _api(edge) as client:
+        created = client.post("/session", json={})
+    assert created.status_code == 200, created.text
+    return str(created.json()["id"])
+
+
+def _texts(client: httpx.Client, session_id: str) -> list[str]:
+    """The text parts of a session's messages, as an API client reads them."""
+    answer = client.get(f"/session/{session_id}/message")
+    assert answer.status_code == 200, answer.text
+    return [part.get("text", "") for message in answer.json() for part in message["parts"]
+            if part.get("type") == "text"]
+
+
+def _session_url(edge: EdgeServer, session_id: str) -> str:
+    """The address the opencode UI shows for a session: /server/<origin, base64url>/session/<id>."""
+    server = base64.urlsafe_b64encode(edge.url.encode()).decode().rstrip("=")
+    return f"/server/{server}/session/{session_id}"
+
+
+def _open_session_and_prompt(page: Page, edge: EdgeServer, prompt: str) -> str:
+    """Open a new session in the UI, send ``prompt`` from the page, see the reply."""
+    session_id = _new_session(edge)
+    response = page.goto(_session_url(edge, session_id), timeout=START_MS)
+    assert response is not None and response.status == 200
+    send_prompt(page, prompt)
+    expect(page.get_by_text(reply_for(prompt)).first).to_be_visible(timeout=30_000)
+    return session_id
 
 
 def _record_answers(page: Page) -> list[tuple[float, str, int]]:
@@ -164,10 +228,10 @@ def _record_answers(page: Page) -> list[tuple[float, str, int]]:
     return answers
 
 
-def _sleep_with_the_page_open(page: Page, edge: EdgeServer) -> int:
-    """Leave ``page`` alone until the container sleeps and for a while after; check
-    that its polls and reconnects neither keep it awake nor wake it. Returns the
-    launch count."""
+def _sleep_with_the_page_open(page: Page, edge: EdgeServer, observe: float) -> int:
+    """Leave ``page`` alone until the container sleeps and ``observe`` seconds more;
+    check that its polls and reconnects neither keep it awake nor wake it. Returns
+    the launch count."""
     compute = edge.edge.backends.compute
     launches = compute.launches()  # type: ignore[attr-defined]
     answers = _record_answers(page)
@@ -178,12 +242,11 @@ def _sleep_with_the_page_open(page: Page, edge: EdgeServer) -> int:
     assert slept >= IDLE_TIMEOUT * 0.5, f"the container slept after only {slept:.1f} s"
 
     asleep_since = time.monotonic()
-    page.wait_for_timeout(15_000)
+    page.wait_for_timeout(observe * 1000)
     assert container_state(edge).status == "stopped", "the open page woke the container"
     assert compute.launches() == launches, "the open page started the container again"  # type: ignore[attr-defined]
     # The page really did keep calling the edge meanwhile, and was told it sleeps.
-    refused = [(url, status) for at, url, status in answers
-               if at > asleep_since and status == 503]
+    refused = [url for at, url, status in answers if at > asleep_since and status == 503]
     assert refused, f"the page made no requests while the container slept: {answers[-5:]}"
     return int(launches)
 
@@ -191,44 +254,53 @@ def _sleep_with_the_page_open(page: Page, edge: EdgeServer) -> int:
 def test_an_idle_open_ui_lets_the_container_sleep_and_a_reload_wakes_it(
         sleepy_edge: EdgeServer, pages: BrowserPages) -> None:
     page = pages.new_page(sleepy_edge.url)
-    _open_ui(page)
     prompt = "remember this session across a sleep"
-    _start_session(page, prompt)
-    title = "FAKE-TITLE: remember this session"
-    expect(page.get_by_text(title).first).to_be_visible(timeout=15_000)
+    _open_session_and_prompt(page, sleepy_edge, prompt)
+    title = title_for(prompt)  # opencode names the session with the fake model
+    expect(page.get_by_role("heading", name=title)).to_be_visible(timeout=15_000)
 
-    launches = _sleep_with_the_page_open(page, sleepy_edge)
+    # The UI polls /api/health every ~10 s and re-opens its event stream by itself.
+    launches = _sleep_with_the_page_open(page, sleepy_edge, observe=15)
 
     # A reload is a navigation: it wakes the container and is held until it runs.
-    response = page.reload(timeout=START)
+    response = page.reload(timeout=START_MS)
     assert response is not None and response.status == 200
     assert container_state(sleepy_edge).status == "running"
     assert sleepy_edge.edge.backends.compute.launches() == launches + 1  # type: ignore[attr-defined]
-    # The UI is back with the conversation from before the sleep.
-    expect(page.get_by_text(reply_for(prompt)).first).to_be_visible(timeout=30_000)
-    # And the home page still lists that session.
-    page.get_by_role("button", name="Home").click()
-    expect(page.get_by_text(title).first).to_be_visible(timeout=15_000)
+    # The UI is back with the session from before the sleep: listed in the tabs,
+    # its conversation on the page.
+    expect(page.get_by_role("link", name=title).first).to_be_visible(timeout=30_000)
+    expect(page.get_by_role("heading", name=title)).to_be_visible()
+    expect(page.get_by_text(reply_for(prompt)).first).to_be_visible()
 
 
 def test_a_prompt_from_an_open_page_wakes_the_sleeping_container(
         sleepy_edge: EdgeServer, pages: BrowserPages) -> None:
     page = pages.new_page(sleepy_edge.url)
-    _open_ui(page)
-    _start_session(page, "first prompt before the sleep")
+    session_id = _open_session_and_prompt(page, sleepy_edge, "first prompt before the sleep")
 
-    launches = _sleep_with_the_page_open(page, sleepy_edge)
+    launches = _sleep_with_the_page_open(page, sleepy_edge, observe=5)
 
-    # Sending a prompt is a POST: it wakes the container and waits for it.
+    # Sending a prompt is a POST: it wakes the container and is held until it runs.
     prompt = "second prompt wakes the workspace"
     with page.expect_response(lambda r: r.request.method == "POST" and "/prompt" in r.url,
-                              timeout=START) as posted:
+                              timeout=START_MS) as posted:
         send_prompt(page, prompt)
     assert posted.value.status < 300, f"the prompt got {posted.value.status}"
     assert sleepy_edge.edge.backends.compute.launches() == launches + 1  # type: ignore[attr-defined]
     assert container_state(sleepy_edge).status == "running"
-    # The page reconnects its event stream by itself and shows the reply.
-    expect(page.get_by_text(reply_for(prompt)).first).to_be_visible(timeout=45_000)
+    expect(page.get_by_text(prompt, exact=True).first).to_be_visible()
+    # The prompt ran: its reply is in the session, as an API client reads it.
+    with _api(sleepy_edge) as client:
+        wait_until(page, lambda: reply_for(prompt) in _texts(client, session_id), 30,
+                   "the reply to be stored")
+
+    # The page shows it once it re-reads the session. (Without a reload it shows it
+    # only if the UI's event stream, backed off while the container slept, happens to
+    # reconnect before the reply's events are sent: opencode's UI does not re-read an
+    # open session's messages when its event stream reconnects.)
+    page.reload()
+    expect(page.get_by_text(reply_for(prompt)).first).to_be_visible(timeout=30_000)
 
 
 # -- 3. and 4. the waking page ----------------------------------------------------------------
@@ -244,9 +316,7 @@ def _elapsed_seconds(page: Page) -> int:
 def test_a_sleeping_workspace_shows_the_waking_page_then_the_ui(
         tmp_path: Path, opencode_bin: str, fake_model: FakeModelServer,
         pages: BrowserPages) -> None:
-    state_dir = tmp_path / "state"
-    state_dir.mkdir()
-    settings = make_settings(state_dir, model_url=fake_model.base_url, wake_wait=0.5)
+    settings = _settings(tmp_path / "state", fake_model, wake_wait=0.5)
     with serve_edge(settings) as edge:
         assert container_state(edge).status == "stopped"
         page = pages.new_page(edge.url)
@@ -260,7 +330,7 @@ def test_a_sleeping_workspace_shows_the_waking_page_then_the_ui(
         expect(page.get_by_text("Status: starting")).to_be_visible(timeout=10_000)
 
         # It reloads by itself once the container runs: the opencode UI, same address.
-        expect(page.get_by_placeholder("Search sessions")).to_be_visible(timeout=START)
+        expect(page.get_by_placeholder("Search sessions")).to_be_visible(timeout=START_MS)
         expect(page.get_by_role("heading", name="Starting your workspace")).to_have_count(0)
         assert page.url.rstrip("/") == edge.url
         assert container_state(edge).status == "running"
@@ -269,11 +339,9 @@ def test_a_sleeping_workspace_shows_the_waking_page_then_the_ui(
 
 def test_a_failed_start_shows_why_on_the_waking_page(
         tmp_path: Path, fake_model: FakeModelServer, pages: BrowserPages) -> None:
-    state_dir = tmp_path / "state"
-    state_dir.mkdir()
     missing = tmp_path / "nope"
-    settings = make_settings(state_dir, model_url=fake_model.base_url, wake_wait=0.5,
-                             opencode_bin=str(missing))
+    settings = _settings(tmp_path / "state", fake_model, wake_wait=0.5,
+                         opencode_bin=str(missing))
     with serve_edge(settings) as edge:
         page = pages.new_page(edge.url)
         response = page.goto("/")

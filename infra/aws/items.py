@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from infra.aws.client import AwsError
+from infra.aws.client import AwsApi, AwsError, ConditionFailed
 from infra.interfaces import BackendError
 
 AttributeValue = dict[str, Any]
@@ -71,3 +71,27 @@ def missing_table(exc: AwsError, table: str, setting: str, output: str) -> Backe
 
 def is_missing_table(exc: AwsError) -> bool:
     return exc.code == "ResourceNotFoundException"
+
+
+class DynamoTable:
+    """One DynamoDB table: every call names it, and a missing table becomes a clear
+    error that says which setting or stack output to check."""
+
+    setting = ""  # the OCEDGE_* variable that names the table
+    output = ""  # the stack output that names it
+
+    def __init__(self, api: AwsApi, table: str) -> None:
+        self.api = api
+        self.table = table
+
+    async def _call(self, operation: str, **params: Any) -> dict[str, Any]:
+        try:
+            result: dict[str, Any] = await self.api.call("dynamodb", operation,
+                                                         TableName=self.table, **params)
+            return result
+        except ConditionFailed:
+            raise
+        except AwsError as exc:
+            if is_missing_table(exc):
+                raise missing_table(exc, self.table, self.setting, self.output) from None
+            raise

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from infra.aws.client import AwsApi, AwsError, ConditionFailed
-from infra.aws.items import decode_item, encode, encode_item, is_missing_table, missing_table, number
+from infra.aws.client import ConditionFailed
+from infra.aws.items import DynamoTable, decode_item, encode, encode_item, number
 from infra.interfaces import AdminUser, ApiKeyRecord, ProviderCredential
 
 ADMIN = "admin"
@@ -37,20 +37,9 @@ def _provider(values: dict[str, Any]) -> ProviderCredential:
                               updated=float(values["updated"]))
 
 
-class DynamoDBKeyStore:
-    def __init__(self, api: AwsApi, table: str) -> None:
-        self.api = api
-        self.table = table
-
-    async def _call(self, operation: str, **params: Any) -> dict[str, Any]:
-        try:
-            return await self.api.call("dynamodb", operation, TableName=self.table, **params)
-        except ConditionFailed:
-            raise
-        except AwsError as exc:
-            if is_missing_table(exc):
-                raise missing_table(exc, self.table, "OCEDGE_KEYS_TABLE", "KeysTable") from None
-            raise
+class DynamoDBKeyStore(DynamoTable):
+    setting = "OCEDGE_KEYS_TABLE"
+    output = "KeysTable"
 
     async def _get(self, pk: str, sk: str) -> dict[str, Any] | None:
         response = await self._call("get_item", Key=_key(pk, sk), ConsistentRead=True)

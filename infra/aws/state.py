@@ -12,8 +12,8 @@ import dataclasses
 import time
 from typing import Any
 
-from infra.aws.client import AwsApi, AwsError, ConditionFailed
-from infra.aws.items import decode_item, encode, encode_item, is_missing_table, missing_table, number
+from infra.aws.client import ConditionFailed
+from infra.aws.items import DynamoTable, decode_item, encode, encode_item, number
 from infra.interfaces import RUNNING, STOPPED, ContainerState
 
 _KEY = {"pk": {"S": "state"}}
@@ -32,20 +32,9 @@ def _load(values: dict[str, Any]) -> ContainerState:
     )
 
 
-class DynamoDBStateStore:
-    def __init__(self, api: AwsApi, table: str) -> None:
-        self.api = api
-        self.table = table
-
-    async def _call(self, operation: str, **params: Any) -> dict[str, Any]:
-        try:
-            return await self.api.call("dynamodb", operation, TableName=self.table, **params)
-        except ConditionFailed:
-            raise
-        except AwsError as exc:
-            if is_missing_table(exc):
-                raise missing_table(exc, self.table, "OCEDGE_STATE_TABLE", "StateTable") from None
-            raise
+class DynamoDBStateStore(DynamoTable):
+    setting = "OCEDGE_STATE_TABLE"
+    output = "StateTable"
 
     async def get(self) -> ContainerState:
         # Strongly consistent: a waiter polling for "running" sees it at once, and a

@@ -29,6 +29,7 @@ from playwright.sync_api import (
     BrowserContext,
     HttpCredentials,
     Page,
+    Response,
     ViewportSize,
     WebSocket,
     sync_playwright,
@@ -75,6 +76,9 @@ class BrowserPages:
         self.contexts: list[BrowserContext] = []
         self.failed = False
         self.screenshots: list[Path] = []
+        # Every answer the pages got, to print when a test fails.
+        self.log: list[str] = []
+        self._started = time.monotonic()
 
     def new_context(self, base_url: str, login: bool = True,
                     password: str = ADMIN_PASSWORD) -> BrowserContext:
@@ -83,8 +87,16 @@ class BrowserPages:
         credentials: HttpCredentials = {"username": "admin", "password": password}
         context = self.browser.new_context(
             base_url=base_url, viewport=VIEWPORT, http_credentials=credentials if login else None)
+        context.on("response", self._logged)
+        context.on("requestfailed", lambda r: self._note(f"{r.method} {r.url} FAILED {r.failure}"))
         self.contexts.append(context)
         return context
+
+    def _note(self, line: str) -> None:
+        self.log.append(f"{time.monotonic() - self._started:7.2f} {line}")
+
+    def _logged(self, response: Response) -> None:
+        self._note(f"{response.request.method} {response.url} {response.status}")
 
     def new_page(self, base_url: str, login: bool = True,
                  password: str = ADMIN_PASSWORD) -> Page:
@@ -107,6 +119,8 @@ class BrowserPages:
     def close(self) -> None:
         if self.failed:
             self.screenshots = self.save_screenshots()
+            print("what the pages asked and got (seconds since the test began):")
+            print("\n".join(self.log[-150:]))
         for context in self.contexts:
             context.close()
         self.contexts.clear()
@@ -151,19 +165,36 @@ def container_state(edge: EdgeServer) -> ContainerState:
 
 def open_workspace_project(page: Page, workspace: Path) -> None:
     """On the opencode home page, add the workspace as a project the way a user does:
-    "Add project", type its path, pick it."""
+    "Add project", search the home folder for it, pick it. (Typing a full path makes
+    opencode boot an instance for every directory on the way, seconds each.)"""
     page.get_by_role("button", name="Add project").first.click()
-    page.get_by_placeholder("Search folders").fill(str(workspace))
+    page.get_by_placeholder("Search folders").fill(workspace.name)
     page.locator(f'[data-slot="list-item"][data-key="{workspace}"]').click()
     # The home page now offers the project's sessions (and a "New session" button).
-    page.get_by_placeholder("Search sessions in workspace").wait_for()
+    page.get_by_placeholder(f"Search sessions in {workspace.name}").wait_for()
 
 
-def send_prompt(page: Page, text: str) -> None:
+def send_prompt(page: Page, text: str, timeout: float = 10) -> None:
+    """Type ``text`` into the prompt box and press Enter.
+
+    A prompt sent before the session view has loaded its agents is refused with a
+    "Select an agent and model" notice and stays in the box: press Enter again then.
+    """
     box = page.get_by_role("textbox", name="Prompt")
     box.click()
     box.press_sequentially(text)
     box.press("Enter")
+    refused = page.get_by_text("Select an agent and model")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        page.wait_for_timeout(250)
+        if text not in box.inner_text():
+            return  # sent: the box is cleared
+        if refused.count():
+            page.wait_for_timeout(750)
+            if text in box.inner_text():
+                box.press("Enter")
+    raise AssertionError(f"the UI did not take the prompt {text!r}: it is still in the box")
 
 
 class TerminalOutput:
@@ -176,7 +207,7 @@ class TerminalOutput:
     def __init__(self, page: Page) -> None:
         self.sockets: list[WebSocket] = []
         self._text: list[str] = []
-        self._lock = threading.Lock()
+        # Playwright calls these handlers on this thread, while the test waits on the page.
         page.on("websocket", self._opened)
 
     def _opened(self, socket: WebSocket) -> None:
@@ -189,13 +220,11 @@ class TerminalOutput:
             if payload[:1] == b"\x00":  # opencode's control frames (cursor position)
                 return
             payload = payload.decode("utf-8", "replace")
-        with self._lock:
-            self._text.append(payload)
+        self._text.append(payload)
 
     @property
     def text(self) -> str:
-        with self._lock:
-            return "".join(self._text)
+        return "".join(self._text)
 
     def wait_for(self, page: Page, pattern: str, timeout: float = 15) -> str:
         """Wait (letting the page's events run) until ``pattern`` has arrived."""
