@@ -17,6 +17,12 @@ from bench.load import LoadGenerator
 from bench.report import checks, render
 from bench.sse import measure_sse
 from bench.stack import BenchError, Stack
+from bench.workspace import (
+    WorkspaceBenchError,
+    measure_workspace,
+    render_workspace,
+    workspace_checks,
+)
 
 
 def _progress(message: str) -> None:
@@ -38,6 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=200, help="SSE events (default 200)")
     parser.add_argument("--import-runs", type=int, default=11,
                         help="fresh interpreters per side for the import time (default 11)")
+    parser.add_argument("--workspace-files", type=int, default=1000,
+                        help="4 KiB files for the S3 workspace comparison (default 1000)")
     parser.add_argument("--strict", action="store_true",
                         help="exit with status 1 when a target is missed")
     args = parser.parse_args(argv)
@@ -70,7 +78,18 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"1 worker · nginx: 1 worker · load: {load.name} · {os.cpu_count()} CPUs, "
               f"load avg {load_avg:.2f} · {time.monotonic() - started:.0f} s")
     results = checks(health, sse, imports)
-    print(render(header, health, sse, imports, results))
+    print(render(header, health, sse, imports, results), flush=True)
+
+    # The S3 workspace: its own moto server, mounts and container, after the rest.
+    try:
+        workspace = measure_workspace(args.workspace_files, progress=_progress)
+    except (WorkspaceBenchError, BenchError) as exc:
+        print(f"bench: workspace: {exc}", file=sys.stderr)
+        return 2
+    workspace_results = workspace_checks(workspace)
+    print()
+    print(render_workspace(workspace, workspace_results))
+    results += workspace_results
     return 1 if args.strict and not all(c.ok for c in results) else 0
 
 

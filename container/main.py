@@ -1,7 +1,10 @@
-"""The container's life: start opencode, register it, serve until told to stop or it dies.
+"""The container's life: open the workspace, start opencode on it, register, serve
+until idle, told to stop or opencode dies, then save the workspace and exit.
 
 Exit status is the contract with every compute backend: 0 means "asleep, power
-off"; anything else means opencode crashed (the state item says why).
+off"; anything else means something failed: opencode or the workspace did not
+start, opencode crashed, or the workspace could not be saved (the state item and
+the log say which).
 """
 
 from __future__ import annotations
@@ -12,10 +15,12 @@ import os
 import signal
 import socket
 import sys
+import time
 
 from container.hooks import run_stop_hooks
 from container.opencode import OpencodeFailed, OpencodeServer, opencode_environment
 from container.watcher import KeepAlive
+from container.workspace import S3Workspace, Workspace, WorkspaceError, open_workspace
 from infra.backends import open_backends
 from infra.interfaces import STARTING
 from infra.lifecycle import Deadline, Lifecycle
@@ -33,20 +38,40 @@ async def run(settings: Settings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
+    async def failed_to_start(why: str) -> int:
+        log.error("%s", why)
+        current = await backends.state.get()
+        if current.status == STARTING:
+            await lifecycle.mark_failed_if(current, why)
+        return 1
+
+    # 1. The workspace: mounted, opencode's config on it, its database restored.
+    #    Nothing else starts unless this worked.
+    try:
+        workspace = open_workspace(settings)
+        log.info("workspace: %s", workspace.describe())
+        opening = time.monotonic()
+        await workspace.open()
+        log.info("workspace open in %.2f s", time.monotonic() - opening)
+    except WorkspaceError as exc:
+        return await failed_to_start(f"the workspace could not be opened: {exc}")
+
+    # 2. opencode, on the workspace.
     env = opencode_environment(settings.opencode_env, settings.system_env,
                                settings.opencode_data)
-    server = OpencodeServer(settings.opencode_bin, settings.workspace_path, env)
+    env.update(workspace.opencode_env())
+    server = OpencodeServer(settings.opencode_bin, workspace.path, env)
     try:
         await server.start()
         await server.wait_ready(settings.opencode_start_timeout)
     except OpencodeFailed as exc:
-        log.error("%s", exc)
         await server.stop()
-        current = await backends.state.get()
-        if current.status == STARTING:
-            await lifecycle.mark_failed_if(current, str(exc))
-        return 1
+        await save(workspace, time.monotonic() + settings.stop_budget)
+        return await failed_to_start(str(exc))
+    await workspace.start_replication()
 
+    # 3. Registered and serving until idle, told to stop, opencode dies or the
+    #    workspace does (rclone or Litestream exited under it).
     state = await lifecycle.register_running(
         f"127.0.0.1:{server.port}", server.password, None, settings.idle_timeout, owner)
     generation = state.generation
@@ -59,12 +84,28 @@ async def run(settings: Settings) -> int:
     exited = asyncio.ensure_future(server.wait())
     stopping = asyncio.ensure_future(stop.wait())
     idle = asyncio.ensure_future(keepalive.wait_until_idle(check_every))
-    await asyncio.wait({exited, stopping, idle}, return_when=asyncio.FIRST_COMPLETED)
+    broken = asyncio.ensure_future(workspace.broken())
+    await asyncio.wait({exited, stopping, idle, broken}, return_when=asyncio.FIRST_COMPLETED)
     for task in (follow, stopping, idle):
         task.cancel()
+    failure = broken.result() if broken.done() else None
+    broken.cancel()
 
-    if not exited.done():
-        why = "stop requested" if stopping.done() and not stopping.cancelled() else "idle"
+    # 4. Every way out saves the workspace, within the stop budget: opencode stops
+    #    first so nothing writes any more, then the database and the files go to S3.
+    deadline = time.monotonic() + settings.stop_budget
+    if failure is not None and not stop.is_set() and not exited.done():
+        log.error("the workspace failed (%s): stopping opencode", failure)
+        await lifecycle.mark_stopping(generation)
+        await server.stop()
+        problems = await save(workspace, deadline)
+        await lifecycle.mark_stopped(
+            generation, "; ".join([f"the workspace failed: {failure}", *problems]))
+        return 1
+    # A stop signal sent to the whole process group reaches opencode too, which may
+    # then exit first: that is still a requested stop, not a crash.
+    if stop.is_set() or not exited.done():
+        why = "stop requested" if stop.is_set() else "idle"
         log.info("%s: going to sleep", why)
         await lifecycle.mark_stopping(generation)
         # We asked opencode to stop: however it ended (status, signal, or killed
@@ -72,13 +113,32 @@ async def run(settings: Settings) -> int:
         code = await server.stop()
         log.info("opencode stopped (status %d)", code)
         await run_stop_hooks(settings)
+        problems = await save(workspace, deadline)
+        if problems:
+            await lifecycle.mark_stopped(generation, "; ".join(problems))
+            return 1
         await lifecycle.mark_stopped(generation)
         log.info("asleep")
         return 0
     crashed = exited.result()
     log.error("opencode exited by itself with status %s", crashed)
-    await lifecycle.mark_stopped(generation, f"opencode crashed (exit status {crashed})")
+    problems = await save(workspace, deadline)
+    await lifecycle.mark_stopped(
+        generation, "; ".join([f"opencode crashed (exit status {crashed})", *problems]))
     return crashed if crashed > 0 else 1
+
+
+async def save(workspace: Workspace, deadline: float) -> list[str]:
+    """Close the workspace (opencode has stopped); returns what could not be saved."""
+    started = time.monotonic()
+    budget = deadline - started
+    problems = await workspace.close(deadline)
+    for problem in problems:
+        log.error("NOT SAVED: %s", problem)
+    if isinstance(workspace, S3Workspace):
+        log.info("workspace closed in %.1f s (budget %.0f s)%s", time.monotonic() - started,
+                 budget, "" if not problems else " with problems")
+    return problems
 
 
 def main() -> int:
@@ -90,4 +150,6 @@ def main() -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # httpx logs every request at INFO (health polls, rclone's remote control).
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     return asyncio.run(run(settings))

@@ -5,6 +5,8 @@
     ocedge admin password            set the admin password (prompt or stdin)
     ocedge status|wake|sleep         the container's state; start or stop it
     ocedge reap                      stop a container that hung past its deadline
+    ocedge init --stack NAME         initialise a deployed stack (admin, secrets, first key)
+    ocedge provider set|list|remove  sealed model-provider keys (BYOK)
 
 Every command honours --state-dir (default: OCEDGE_STATE_DIR or .ocedge/).
 """
@@ -23,6 +25,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
+from infra.interfaces import BackendError
 from infra.settings import Settings, SettingsError
 
 
@@ -47,11 +50,15 @@ def _when(ts: float | None) -> str:
     return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
-def _settings(args: argparse.Namespace) -> Settings:
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """The environment's settings with the command line's --state-dir/--stack/... on top."""
     settings = Settings.from_env()
     changes: dict[str, Any] = {}
     if getattr(args, "state_dir", None):
         changes["state_dir"] = Path(args.state_dir)
+    if getattr(args, "stack", None):
+        # A stack means the AWS backends, their names read from its outputs.
+        changes.update(stack=args.stack, backend="aws")
     for name in ("host", "port"):
         if getattr(args, name, None) is not None:
             changes[name] = getattr(args, name)
@@ -75,7 +82,7 @@ async def keys_create(args: argparse.Namespace) -> None:
     name = args.name.strip()
     if not name or len(name) > 100:
         raise CliError("--name must be 1 to 100 characters")
-    settings = _settings(args)
+    settings = settings_from_args(args)
     backends = open_backends(settings)
     now = time.time()
     expires = now + parse_duration(args.expires) if args.expires is not None else None
@@ -97,7 +104,7 @@ def _key_status(record: Any, now: float) -> str:
 async def keys_list(args: argparse.Namespace) -> None:
     from infra.backends import open_backends
 
-    backends = open_backends(_settings(args))
+    backends = open_backends(settings_from_args(args))
     records = await backends.keys.list_keys()
     now = time.time()
     rows: list[dict[str, Any]] = [{"id": r.id, "name": r.name, "created": r.created, "expires": r.expires,
@@ -115,7 +122,7 @@ async def keys_list(args: argparse.Namespace) -> None:
 async def keys_revoke(args: argparse.Namespace) -> None:
     from infra.backends import open_backends
 
-    backends = open_backends(_settings(args))
+    backends = open_backends(settings_from_args(args))
     if not await backends.keys.revoke_key(args.id, time.time()):
         raise CliError(f"no API key with id {args.id!r} (see `ocedge keys list`)")
     _emit(args, {"id": args.id, "revoked": True}, f"Revoked API key {args.id}.")
@@ -134,7 +141,7 @@ async def admin_password(args: argparse.Namespace) -> None:
             raise CliError("the two passwords differ")
     else:
         password = sys.stdin.readline().rstrip("\r\n")
-    settings = _settings(args)
+    settings = settings_from_args(args)
     try:
         await set_admin_password(settings, open_backends(settings).keys, password)
     except ValueError as exc:
@@ -149,7 +156,7 @@ async def admin_password(args: argparse.Namespace) -> None:
 async def status(args: argparse.Namespace) -> None:
     from infra.backends import open_backends
 
-    backends = open_backends(_settings(args))
+    backends = open_backends(settings_from_args(args))
     current = await backends.state.get()
     data = {"status": current.status, "generation": current.generation,
             "since": current.since, "deadline": current.deadline, "busy": current.busy,
@@ -186,7 +193,7 @@ async def wake(args: argparse.Namespace) -> None:
     from infra.backends import open_backends
     from infra.lifecycle import Lifecycle
 
-    settings = _settings(args)
+    settings = settings_from_args(args)
     backends = open_backends(settings)
     current = await backends.state.get()
     if current.status != "running":
@@ -202,7 +209,7 @@ async def wake(args: argparse.Namespace) -> None:
 async def sleep(args: argparse.Namespace) -> None:
     from infra.backends import open_backends
 
-    settings = _settings(args)
+    settings = settings_from_args(args)
     backends = open_backends(settings)
     current = await backends.state.get()
     if current.status in ("stopped", "failed"):
@@ -218,7 +225,7 @@ async def reap_command(args: argparse.Namespace) -> None:
     from infra.backends import open_backends
     from infra.reaper import reap
 
-    backends = open_backends(_settings(args))
+    backends = open_backends(settings_from_args(args))
     result = await reap(backends.state, backends.compute, grace=args.grace)
     _emit(args, {"reaped": result.reaped, "status": result.status, "detail": result.detail},
           result.detail)
@@ -227,36 +234,68 @@ async def reap_command(args: argparse.Namespace) -> None:
 # -- dev ---------------------------------------------------------------------------
 
 
+def _workspace_line(settings: Settings, emulated: Any) -> str:
+    if emulated is not None:
+        return (f"emulated S3 (moto) at {emulated.endpoint}, bucket {emulated.bucket!r}; "
+                f"its data stays in {emulated.root} across restarts of `ocedge dev`")
+    if settings.workspace == "s3":
+        return (f"s3://{settings.s3_bucket}/{settings.s3_prefix} at "
+                f"{settings.s3_endpoint or 'AWS S3'} (FUSE-mounted)")
+    return (f"local directory {settings.workspace_path.resolve()}, NOT saved to S3 "
+            f"(OCEDGE_WORKSPACE=local; try `ocedge dev --s3 emulated`)")
+
+
 def dev(args: argparse.Namespace) -> None:
     import uvicorn
 
     from edge.app import Edge, print_credentials
     from infra.admin import ensure_admin
 
-    settings = _settings(args)
-    edge = Edge(settings)
-    password = asyncio.run(ensure_admin(settings, edge.backends.keys))
-    if password is not None:
-        print_credentials(settings.admin_user, password)
-    url = f"http://{settings.host}:{settings.port}/"
-    shown = "the password printed above" if password else (
-        "your admin password (set it with `ocedge admin password`)")
-    print(
-        f"opencode-edge is running at {url}\n"
-        f"  browser: open {url} and log in as {settings.admin_user!r} with {shown}\n"
-        f"  API:     ocedge keys create --name laptop   (then)\n"
-        f"           curl -H 'Authorization: Bearer <key>' {url}global/health\n"
-        f"           opencode run --attach {url.rstrip('/')} -p <key> 'hello'\n"
-        f"  state:   {settings.state_dir.resolve()} (container log: container.log)\n"
-        f"  The workspace starts on the first request. Ctrl-C stops everything.",
-        flush=True)
+    settings = settings_from_args(args)
+    if settings.s3_bucket and settings.workspace != "s3" and args.s3 is None:
+        # The container would refuse too; say it before anything starts.
+        raise CliError(f"OCEDGE_S3_BUCKET is set ({settings.s3_bucket}) but OCEDGE_WORKSPACE is "
+                       f"'local': set OCEDGE_WORKSPACE=s3 to keep the workspace in the bucket, "
+                       f"or unset OCEDGE_S3_BUCKET")
+    emulated = None
+    if args.s3 == "emulated":
+        from infra.emulated_s3 import EmulatedS3
+
+        print("Starting the emulated S3 …", file=sys.stderr, flush=True)
+        try:
+            emulated = EmulatedS3(settings.state_dir).start()
+        except RuntimeError as exc:
+            raise CliError(str(exc)) from None
+        settings = settings.with_overrides(**emulated.settings_changes(settings.system_env))
     try:
-        # proxy_headers off: the edge decides itself whether to trust X-Forwarded-*.
-        uvicorn.run(edge, host=settings.host, port=settings.port, log_level="warning",
-                    lifespan="on", timeout_graceful_shutdown=5, proxy_headers=False,
-                    server_header=False, date_header=False)
+        edge = Edge(settings)
+        password = asyncio.run(ensure_admin(settings, edge.backends.keys))
+        if password is not None:
+            print_credentials(settings.admin_user, password)
+        url = f"http://{settings.host}:{settings.port}/"
+        shown = "the password printed above" if password else (
+            "your admin password (set it with `ocedge admin password`)")
+        print(
+            f"opencode-edge is running at {url}\n"
+            f"  browser: open {url} and log in as {settings.admin_user!r} with {shown}\n"
+            f"  API:     ocedge keys create --name laptop   (then)\n"
+            f"           curl -H 'Authorization: Bearer <key>' {url}global/health\n"
+            f"           opencode run --attach {url.rstrip('/')} -p <key> 'hello'\n"
+            f"  workspace: {_workspace_line(settings, emulated)}\n"
+            f"  state:   {settings.state_dir.resolve()} (container log: container.log)\n"
+            f"  The workspace starts on the first request. Ctrl-C stops everything.",
+            flush=True)
+        try:
+            # proxy_headers off: the edge decides itself whether to trust X-Forwarded-*.
+            uvicorn.run(edge, host=settings.host, port=settings.port, log_level="warning",
+                        lifespan="on", timeout_graceful_shutdown=5, proxy_headers=False,
+                        server_header=False, date_header=False)
+        finally:
+            # The container saves the workspace to S3 on its way out: stop it first.
+            asyncio.run(edge.backends.compute.stop())
     finally:
-        asyncio.run(edge.backends.compute.stop())
+        if emulated is not None:
+            emulated.stop()
 
 
 # -- parser ------------------------------------------------------------------------
@@ -266,13 +305,20 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--state-dir", help="state directory (default: OCEDGE_STATE_DIR or .ocedge)")
     common.add_argument("--json", action="store_true", help="machine-readable output")
+    # SUPPRESS: a --stack given before the subcommand is not reset by its absence after.
+    common.add_argument("--stack", default=argparse.SUPPRESS,
+                        help="the deployed CloudFormation stack (default: OCEDGE_STACK)")
 
     parser = argparse.ArgumentParser(prog="ocedge", description="opencode-edge admin CLI")
+    parser.add_argument("--stack", help="the deployed CloudFormation stack to work on "
+                        "(default: OCEDGE_STACK; without one, the local state directory)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("dev", parents=[common], help="run the local deployment")
     p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port to listen on (default 8787)")
+    p.add_argument("--s3", choices=["emulated"],
+                   help="put the workspace on an emulated S3 (moto, kept in the state directory)")
     p.set_defaults(run=dev)
 
     keys = sub.add_parser("keys", help="manage API keys").add_subparsers(
@@ -306,6 +352,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grace", type=float, default=300,
                    help="seconds past the deadline before reaping (default 300)")
     p.set_defaults(run=reap_command)
+
+    from infra.cli_aws import add_commands
+
+    add_commands(sub, common)
     return parser
 
 
@@ -316,7 +366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = run(args)
         if asyncio.iscoroutine(result):
             asyncio.run(result)
-    except (CliError, SettingsError) as exc:
+    except (CliError, SettingsError, BackendError) as exc:
         print(f"ocedge: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

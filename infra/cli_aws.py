@@ -23,7 +23,6 @@ import json
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 from infra.interfaces import BackendError
@@ -40,14 +39,9 @@ def _fail(message: str) -> Exception:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    settings = Settings.from_env()
-    changes: dict[str, Any] = {}
-    if getattr(args, "state_dir", None):
-        changes["state_dir"] = Path(args.state_dir)
-    if getattr(args, "stack", None):
-        changes["stack"] = args.stack
-        changes["backend"] = "aws"
-    return settings.with_overrides(**changes) if changes else settings
+    from infra.cli import settings_from_args
+
+    return settings_from_args(args)
 
 
 def _emit(args: argparse.Namespace, data: Any, text: str) -> None:

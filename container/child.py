@@ -1,0 +1,120 @@
+"""Helper processes of the workspace (rclone, Litestream): started so that only the
+container decides when they stop, and so that they never outlive it.
+
+- Each runs in its own session: a signal sent to the container's process group
+  (``ocedge sleep``, Ctrl-C) reaches the container, which then stops them in order;
+  rclone or Litestream would otherwise quit at once and drop pending uploads.
+- Each gets PR_SET_PDEATHSIG: if the container dies (SIGKILL, crash), they die with
+  it, as they would with the host, instead of lingering as orphans that hold the mount.
+- Their output is logged line by line under their name, and the last lines are kept
+  for error messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+log = logging.getLogger("ocedge.container")
+
+_PR_SET_PDEATHSIG = 1
+# Loaded here, not in the forked child: dlopen after fork is not safe with threads.
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _die_with_parent(sig: int, parent: int) -> Callable[[], None]:
+    def preexec() -> None:
+        _libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
+        # The parent may have died between fork and prctl: then nobody will signal us.
+        if os.getppid() != parent:
+            os._exit(1)
+    return preexec
+
+
+class Child:
+    """One helper process; ``start`` it, ``terminate`` or ``kill`` it, ``wait`` for it."""
+
+    def __init__(self, name: str, argv: Sequence[str], env: Mapping[str, str],
+                 on_parent_death: int = signal.SIGKILL, cwd: Path | None = None) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.env = dict(env)
+        self.on_parent_death = on_parent_death
+        self.cwd = cwd
+        self.process: asyncio.subprocess.Process | None = None
+        self._tail: collections.deque[str] = collections.deque(maxlen=20)
+        self._reader: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Start it; FileNotFoundError when the binary is missing."""
+        self.process = await asyncio.create_subprocess_exec(
+            *self.argv, env=self.env, cwd=self.cwd, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent(self.on_parent_death, os.getpid()))
+        self._reader = asyncio.ensure_future(self._read_output())
+        log.debug("%s started (pid %d)", self.name, self.process.pid)
+
+    async def _read_output(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        while line := await self.process.stdout.readline():
+            text = line.decode(errors="replace").rstrip()
+            if text:
+                self._tail.append(text)
+                log.info("%s: %s", self.name, text)
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.returncode is None
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self.process is None else self.process.returncode
+
+    def tail(self, lines: int = 5) -> str:
+        """Its last lines of output, for an error message."""
+        return "\n".join(list(self._tail)[-lines:]) or "(no output)"
+
+    def signal(self, sig: int) -> None:
+        if self.running:
+            assert self.process is not None
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(sig)
+
+    async def wait(self, timeout: float | None = None) -> int | None:
+        """Its exit status, or None if it is still running after ``timeout``."""
+        if self.process is None:
+            return None
+        try:
+            code = await asyncio.wait_for(self.process.wait(), timeout)
+        except TimeoutError:
+            return None
+        if self._reader is not None:
+            # The pipe closes with the process; let the reader log the last lines.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._reader), 1.0)
+        return code
+
+    async def stop(self, timeout: float) -> int | None:
+        """SIGTERM, then SIGKILL if it has not exited within ``timeout``."""
+        if not self.running:
+            return self.returncode
+        self.signal(signal.SIGTERM)
+        code = await self.wait(max(0.0, timeout))
+        if code is None:
+            log.warning("%s did not exit within %.1f s of SIGTERM; killing it", self.name, timeout)
+            self.signal(signal.SIGKILL)
+            code = await self.wait()
+        return code
