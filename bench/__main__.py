@@ -17,6 +17,7 @@ from bench.load import LoadGenerator
 from bench.report import checks, render
 from bench.sse import measure_sse
 from bench.stack import BenchError, Stack
+from bench.wake import measure_wake, render_wake, wake_check
 from bench.workspace import (
     WorkspaceBenchError,
     measure_workspace,
@@ -46,6 +47,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="fresh interpreters per side for the import time (default 11)")
     parser.add_argument("--workspace-files", type=int, default=1000,
                         help="4 KiB files for the S3 workspace comparison (default 1000)")
+    parser.add_argument("--wake-rounds", type=int, default=3,
+                        help="sleep/wake rounds for the wake time (default 3)")
     parser.add_argument("--strict", action="store_true",
                         help="exit with status 1 when a target is missed")
     args = parser.parse_args(argv)
@@ -65,6 +68,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                     args.connections)
             _progress(f"SSE: {args.events} events through three subscribers at once ...")
             sse = asyncio.run(measure_sse(stack.targets, args.events))
+            _progress(f"wake: {args.wake_rounds} rounds of sleep → first proxied 200, "
+                      "beside a bare opencode start ...")
+            wake = measure_wake(stack, args.wake_rounds)
             edge_server = stack.edge_server
         # After everything is stopped, so the interpreters compete with nothing of ours.
         _progress("import time of edge.app ...")
@@ -79,6 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"load avg {load_avg:.2f} · {time.monotonic() - started:.0f} s")
     results = checks(health, sse, imports)
     print(render(header, health, sse, imports, results), flush=True)
+    print(render_wake(wake), flush=True)
+    results.append(wake_check(wake))
 
     # The S3 workspace: its own moto server, mounts and container, after the rest.
     try:

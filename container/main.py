@@ -10,6 +10,7 @@ the log say which).
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import os
 import signal
@@ -17,8 +18,12 @@ import socket
 import sys
 import time
 
+from container.endpoint import public_host
+from container.gate import Gate
 from container.hooks import run_stop_hooks
-from container.opencode import OpencodeFailed, OpencodeServer, opencode_environment
+from container.opencode import USERNAME, OpencodeFailed, OpencodeServer, opencode_environment
+from container.providers import push_provider_keys
+from container.tls import make_certificate
 from container.watcher import KeepAlive
 from container.workspace import S3Workspace, Workspace, WorkspaceError, open_workspace
 from infra.backends import open_backends
@@ -68,12 +73,30 @@ async def run(settings: Settings) -> int:
         await server.stop()
         await save(workspace, time.monotonic() + settings.stop_budget)
         return await failed_to_start(str(exc))
+    # Provider keys go in before anyone can send a prompt.
+    await push_provider_keys(settings, backends, server.url, server.auth)
     await workspace.start_replication()
+
+    # The TLS gate: the only public listener, with this boot's certificate, which
+    # the edge pins; without it (local mode) the edge dials opencode on loopback.
+    endpoint, cert_pem, gate = f"127.0.0.1:{server.port}", None, None
+    if settings.gate:
+        try:
+            host = await public_host(settings)
+            certificate = make_certificate(host)
+            expected = b"Basic " + base64.b64encode(f"{USERNAME}:{server.password}".encode())
+            gate = Gate(expected, server.port, certificate.server_context())
+            port = await gate.start(settings.gate_host, settings.gate_port)
+        except (OSError, RuntimeError) as exc:
+            await server.stop()
+            await save(workspace, time.monotonic() + settings.stop_budget)
+            return await failed_to_start(f"the TLS gate could not start: {exc}")
+        endpoint, cert_pem = f"{host}:{port}", certificate.cert_pem
 
     # 3. Registered and serving until idle, told to stop, opencode dies or the
     #    workspace does (rclone or Litestream exited under it).
     state = await lifecycle.register_running(
-        f"127.0.0.1:{server.port}", server.password, None, settings.idle_timeout, owner)
+        endpoint, server.password, cert_pem, settings.idle_timeout, owner)
     generation = state.generation
     log.info("opencode is ready at %s (generation %d)", server.url, generation)
 
@@ -90,6 +113,8 @@ async def run(settings: Settings) -> int:
         task.cancel()
     failure = broken.result() if broken.done() else None
     broken.cancel()
+    if gate is not None:
+        await gate.close()
 
     # 4. Every way out saves the workspace, within the stop budget: opencode stops
     #    first so nothing writes any more, then the database and the files go to S3.

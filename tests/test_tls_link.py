@@ -9,6 +9,7 @@ import ssl
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -17,7 +18,8 @@ from container.gate import Gate
 from container.tls import BootCertificate, make_certificate
 from infra.lifecycle import Lifecycle
 from tests.support.capture import INTERNAL_SECRET, CaptureServer, running_capture
-from tests.support.edge import ADMIN_PASSWORD, EdgeServer
+from tests.support.edge import ADMIN_PASSWORD, EdgeServer, free_port, make_settings, running_edge
+from tests.support.fake_model import FakeModelServer
 
 CREDENTIAL_HEADER = b"Basic " + base64.b64encode(f"opencode:{INTERNAL_SECRET}".encode())
 
@@ -143,3 +145,26 @@ def test_plain_http_to_the_gate_gets_nothing(gate: GateThread,
             answer = b""
     assert not answer.startswith(b"HTTP/1.1 200")
     assert all(r.path != "/session" for r in capture.requests)
+
+
+def test_the_real_container_serves_through_its_gate_and_the_edge_pins_it(
+        state_dir: Path, opencode_bin: str, fake_model: FakeModelServer) -> None:
+    """The whole link with the real container: opencode on loopback only, the gate on
+    its port with this boot's certificate, the edge trusting exactly that one."""
+    gate_port = free_port()
+    settings = make_settings(state_dir, model_url=fake_model.base_url, gate=True,
+                             gate_host="127.0.0.1", gate_port=gate_port)
+    with running_edge(settings) as edge:
+        key = edge.create_key("tls")
+        auth = {"Authorization": f"Bearer {key}"}
+        health = httpx.get(f"{edge.url}/global/health", headers=auth, timeout=90)
+        assert health.status_code == 200, health.text
+        state = edge.run(edge.edge.backends.state.get())
+        assert state.endpoint == f"127.0.0.1:{gate_port}"
+        assert state.cert_pem and "BEGIN CERTIFICATE" in state.cert_pem
+        # Plain HTTP to the registered endpoint gets nothing from opencode.
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://{state.endpoint}/global/health", timeout=3)
+        created = httpx.post(f"{edge.url}/session", headers=auth, json={"title": "tls"},
+                             timeout=30)
+        assert created.status_code == 200
