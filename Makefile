@@ -15,8 +15,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	@touch $@
 
-node_modules/.installed: package.json package-lock.json
-	npm ci --no-audit --no-fund --loglevel=error
+# opencode-ai is pinned to an exact version in package.json, and pins its platform
+# binaries exactly itself. No lockfile: npm 11 cannot `npm ci` a lock of this
+# package's per-platform optional dependencies made on another platform.
+node_modules/.installed: package.json
+	npm install --no-package-lock --no-audit --no-fund --loglevel=error
 	@node_modules/.bin/opencode --version >/dev/null
 	@touch $@
 
