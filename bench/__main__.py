@@ -13,6 +13,7 @@ from types import FrameType
 
 from bench.health import measure_health
 from bench.imports import measure_import
+from bench.lambda_link import lambda_checks, measure_entries, measure_link, render_lambda
 from bench.load import LoadGenerator
 from bench.report import checks, render
 from bench.sse import measure_sse
@@ -71,10 +72,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             _progress(f"wake: {args.wake_rounds} rounds of sleep → first proxied 200, "
                       "beside a bare opencode start ...")
             wake = measure_wake(stack, args.wake_rounds)
+            _progress("the pinned TLS link vs plain loopback ...")
+            link = measure_link(stack.targets["direct"])
             edge_server = stack.edge_server
         # After everything is stopped, so the interpreters compete with nothing of ours.
         _progress("import time of edge.app ...")
         imports = measure_import(args.import_runs)
+        _progress("Lambda entry modules: cold import and memory ...")
+        entries = measure_entries()
     except BenchError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 2
@@ -87,6 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(render(header, health, sse, imports, results), flush=True)
     print(render_wake(wake), flush=True)
     results.append(wake_check(wake))
+    entry_results = lambda_checks(entries)
+    print(render_lambda(entries, link, entry_results), flush=True)
+    results += entry_results
 
     # The S3 workspace: its own moto server, mounts and container, after the rest.
     try:
