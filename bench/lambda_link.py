@@ -93,9 +93,17 @@ def measure_link(direct: Target, rounds: int = 5, requests: int = 300) -> LinkRe
             tls.append(rate(f"https://127.0.0.1:{port}/global/health",
                             pinned_context(cert.cert_pem)))
     finally:
-        asyncio.run_coroutine_threadsafe(gate.close(), loop).result(10)
+        async def shutdown() -> None:
+            await gate.close()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(shutdown(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
+        loop.close()
     return LinkResult(statistics.median(plain), statistics.median(tls))
 
 
