@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup setup-test run test check lint typecheck bench image clean
+.PHONY: setup setup-test run run-s3 test check lint typecheck bench image clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,18 +24,23 @@ node_modules/.installed: package.json
 	@touch $@
 
 # Debian packages the tests and benchmarks drive: Chromium (the UI tests), nginx
-# (the benchmark's reference proxy), shellcheck and systemd-analyze (the deploy
+# (the benchmark's reference proxy), fuse3 (the S3 workspace's mount) and s3fs (the
+# workspace benchmark's reference), shellcheck and systemd-analyze (the deploy
 # scripts and unit). One grouped rule: a single apt-get for all of them.
-/usr/bin/chromium /usr/sbin/nginx /usr/bin/shellcheck /usr/bin/systemd-analyze &:
+/usr/bin/chromium /usr/sbin/nginx /usr/bin/shellcheck /usr/bin/systemd-analyze /usr/bin/fusermount3 /usr/bin/s3fs &:
 	$(SUDO) apt-get update -qq
-	$(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium nginx shellcheck systemd
+	$(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium nginx shellcheck systemd fuse3 s3fs
 
 setup: $(VENV)/.installed node_modules/.installed
 
-setup-test: setup /usr/bin/chromium /usr/sbin/nginx /usr/bin/shellcheck /usr/bin/systemd-analyze
+setup-test: setup /usr/bin/chromium /usr/sbin/nginx /usr/bin/shellcheck /usr/bin/systemd-analyze /usr/bin/fusermount3 /usr/bin/s3fs
 
 run: setup
 	$(VENV)/bin/ocedge dev
+
+# The same, with the workspace on an emulated S3 bucket (moto) FUSE-mounted.
+run-s3: setup /usr/bin/fusermount3
+	$(VENV)/bin/ocedge dev --s3 emulated
 
 test: setup-test
 	$(VENV)/bin/pytest

@@ -148,7 +148,8 @@ def open_backends(settings: Settings, aws_client: Flavour = "boto3") -> Backends
     return Backends(
         keys=LocalKeyStore(db),
         state=LocalStateStore(db),
-        compute=LocalCompute(state_dir, env=settings.child_env()),
+        compute=LocalCompute(state_dir, env=settings.child_env(),
+                             stop_timeout=settings.stop_budget + 15),
         secrets=LocalSecrets(state_dir),
         overrides=_overrides(settings),
     )

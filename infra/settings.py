@@ -186,10 +186,15 @@ class Settings:
             raise SettingsError("OCEDGE_WORKSPACE must be 'local' or 's3'")
         if self.workspace == "s3" and not self.s3_bucket:
             raise SettingsError("OCEDGE_WORKSPACE=s3 needs OCEDGE_S3_BUCKET")
+        if self.s3_bucket and self.workspace != "s3":
+            # Half-configured S3 must not quietly run on a local directory.
+            raise SettingsError("OCEDGE_S3_BUCKET is set but OCEDGE_WORKSPACE is not 's3': "
+                                "set OCEDGE_WORKSPACE=s3 (or unset the bucket for a local "
+                                "workspace that is not saved)")
         if self.cookie_secure not in ("auto", "true", "false"):
             raise SettingsError("OCEDGE_COOKIE_SECURE must be 'auto', 'true' or 'false'")
         for name in ("session_ttl", "auth_window", "upstream_connect_timeout",
-                     "upstream_read_timeout", "idle_timeout", "opencode_start_timeout"):
+                     "upstream_read_timeout", "idle_timeout", "opencode_start_timeout", "stop_budget"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"OCEDGE_{name.upper()} must be greater than 0")
         for name in ("wake_wait", "key_cache_ttl"):

@@ -32,7 +32,10 @@ def _alive(pid: int) -> bool:
 
 class LocalCompute:
     def __init__(self, state_dir: Path, env: Mapping[str, str] | None = None,
-                 command: list[str] | None = None) -> None:
+                 command: list[str] | None = None, stop_timeout: float = 30.0) -> None:
+        # How long a graceful stop may take before SIGKILL: the container's own
+        # stop budget (flushing the workspace to S3) plus a margin.
+        self.stop_timeout = stop_timeout
         self.state_dir = state_dir.resolve()
         self.env = dict(env or {})
         self.env["OCEDGE_STATE_DIR"] = str(self.state_dir)
@@ -81,12 +84,12 @@ class LocalCompute:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, sig)
 
-    async def stop(self, timeout: float = 30.0) -> None:
+    async def stop(self, timeout: float | None = None) -> None:
         """SIGTERM the process group; SIGKILL it if it has not exited in ``timeout``."""
         self._signal(signal.SIGTERM)
         # A stopped (frozen) process acts on SIGTERM only once it runs again.
         self._signal(signal.SIGCONT)
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + (self.stop_timeout if timeout is None else timeout)
         while self._pid() is not None and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         if self._pid() is not None:
