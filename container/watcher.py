@@ -22,7 +22,7 @@ import httpx
 from httpx_sse import aconnect_sse
 
 from infra.interfaces import RUNNING, StateStore
-from infra.lifecycle import Deadline
+from infra.lifecycle import Deadline, Lifecycle
 
 log = logging.getLogger("ocedge.watcher")
 
@@ -87,13 +87,7 @@ class KeepAlive:
         busy = bool(self.busy)
         if busy == self._busy_written:
             return
-        current = await self.store.get()
-        if current.generation != self.generation or current.status != RUNNING:
-            return
-        import dataclasses
-
-        if await self.store.put_if(self.generation, dataclasses.replace(current, busy=busy),
-                                   (RUNNING,)):
+        if await Lifecycle(self.store).update(self.generation, (RUNNING,), busy=busy):
             self._busy_written = busy
 
     # -- the event stream ----------------------------------------------------------

@@ -64,12 +64,16 @@ class Lifecycle:
                 return new
         raise RuntimeError("could not register the container: the state item keeps changing")
 
-    async def update(self, generation: int, **changes: object) -> ContainerState | None:
-        """Change fields of our own generation's item; None once a newer generation owns it."""
+    async def update(self, generation: int, expected_status: tuple[str, ...] | None = None,
+                     **changes: object) -> ContainerState | None:
+        """Change fields of our own generation's item (in one of ``expected_status``,
+        when given); None once a newer generation owns it or the status differs."""
         current = await self.store.get()
         if current.generation != generation:
             return None
-        return await self._write(current, None, **changes)
+        if expected_status is not None and current.status not in expected_status:
+            return None
+        return await self._write(current, expected_status, **changes)
 
     async def mark_stopping(self, generation: int) -> ContainerState | None:
         return await self.update(generation, status=STOPPING, since=time.time())

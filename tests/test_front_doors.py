@@ -22,7 +22,12 @@ from edge.lambda_api import build_handler
 from infra.backends import open_backends
 from infra.credentials import mint_api_key
 from infra.lifecycle import Lifecycle
-from tests.support.capture import INTERNAL_SECRET, CaptureServer, running_capture
+from tests.support.capture import (
+    INTERNAL_SECRET,
+    CaptureServer,
+    event_arrivals,
+    running_capture,
+)
 from tests.support.edge import ADMIN_PASSWORD, free_port, make_settings
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -151,16 +156,8 @@ def test_streaming_entry_under_uvicorn_streams_sse(state_dir: Path,
             time.sleep(0.1)
         # The readiness probe never wakes the container.
         assert not (state_dir / "launches.log").exists()
-        arrivals = []
-        with httpx.stream("GET", f"{url}/global/event", timeout=10,
-                          headers={"Authorization": f"Bearer {new.key}",
-                                   "Accept": "text/event-stream"}) as response:
-            assert response.status_code == 200
-            for line in response.iter_lines():
-                if line.startswith("data:"):
-                    arrivals.append(time.monotonic())
-                if len(arrivals) == 3:
-                    break
+        arrivals = event_arrivals(f"{url}/global/event",
+                                  headers={"Authorization": f"Bearer {new.key}"})
         assert arrivals[2] - arrivals[0] > 0.12, "events arrived together: buffered"
     finally:
         proc.terminate()

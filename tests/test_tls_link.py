@@ -7,7 +7,6 @@ import base64
 import socket
 import ssl
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +16,12 @@ import pytest
 from container.gate import Gate
 from container.tls import BootCertificate, make_certificate
 from infra.lifecycle import Lifecycle
-from tests.support.capture import INTERNAL_SECRET, CaptureServer, running_capture
+from tests.support.capture import (
+    INTERNAL_SECRET,
+    CaptureServer,
+    event_arrivals,
+    running_capture,
+)
 from tests.support.edge import ADMIN_PASSWORD, EdgeServer, free_port, make_settings, running_edge
 from tests.support.fake_model import FakeModelServer
 
@@ -81,15 +85,7 @@ def test_the_edge_reaches_the_container_through_the_pinned_gate(
 def test_event_stream_passes_the_gate_event_by_event(
         edge: EdgeServer, gate: GateThread) -> None:
     _register(edge, gate.port, gate.cert.cert_pem)
-    arrivals = []
-    with httpx.stream("GET", f"{edge.url}/global/event", auth=("admin", ADMIN_PASSWORD),
-                      headers={"Accept": "text/event-stream"}, timeout=10) as response:
-        assert response.status_code == 200
-        for line in response.iter_lines():
-            if line.startswith("data:"):
-                arrivals.append(time.monotonic())
-            if len(arrivals) == 3:
-                break
+    arrivals = event_arrivals(f"{edge.url}/global/event", auth=("admin", ADMIN_PASSWORD))
     # Events are 100 ms apart upstream; buffering would deliver them together.
     assert arrivals[2] - arrivals[0] > 0.12
 

@@ -15,7 +15,9 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
+import httpx
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -254,3 +256,18 @@ def attach_upstream(edge: EdgeServer, port: int,
     state: ContainerState = edge.run(Lifecycle(edge.edge.backends.state).register_running(
         f"127.0.0.1:{port}", credential, None, 600, "test"))
     return state
+
+
+def event_arrivals(url: str, count: int = 3, **request: Any) -> list[float]:
+    """Open an event stream at ``url`` and note when each of its first ``count``
+    events arrives (monotonic clock). Buffering would make them arrive together."""
+    arrivals: list[float] = []
+    headers = {"Accept": "text/event-stream", **request.pop("headers", {})}
+    with httpx.stream("GET", url, headers=headers, timeout=10, **request) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if line.startswith("data:"):
+                arrivals.append(time.monotonic())
+            if len(arrivals) == count:
+                break
+    return arrivals
