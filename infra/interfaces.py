@@ -12,17 +12,31 @@ Three small contracts, each with a local (SQLite / child process) and an AWS
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Protocol
 
-# Container lifecycle: stopped → starting → running → stopping → stopped.
-# ``failed`` is a stopped container that did not stop cleanly (``reason`` says why).
-STOPPED = "stopped"
-STARTING = "starting"
-RUNNING = "running"
-STOPPING = "stopping"
-FAILED = "failed"
-STATUSES = (STOPPED, STARTING, RUNNING, STOPPING, FAILED)
-ASLEEP = (STOPPED, FAILED)
+
+class Status(StrEnum):
+    """Container lifecycle: stopped → starting → running → stopping → stopped.
+
+    ``failed`` is a stopped container that did not stop cleanly (``reason`` says why).
+    A StrEnum, so the stores write and read the plain string.
+    """
+
+    STOPPED = "stopped"
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    FAILED = "failed"
+
+
+STOPPED = Status.STOPPED
+STARTING = Status.STARTING
+RUNNING = Status.RUNNING
+STOPPING = Status.STOPPING
+FAILED = Status.FAILED
+STATUSES = tuple(Status)
+ASLEEP = (Status.STOPPED, Status.FAILED)
 
 
 @dataclass(frozen=True)
@@ -80,7 +94,7 @@ class ContainerState:
     container from an older generation can never overwrite a newer one.
     """
 
-    status: str = STOPPED
+    status: Status = Status.STOPPED
     generation: int = 0
     since: float = 0.0
     endpoint: str | None = None  # "host:port" of the container's listener
