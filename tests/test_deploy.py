@@ -278,6 +278,17 @@ def test_the_bucket_is_private_and_encrypted(sam_template: dict[str, Any]) -> No
     assert rule["ServerSideEncryptionByDefault"]["SSEAlgorithm"] in ("AES256", "aws:kms")
 
 
+# The layer version Lambda Web Adapter's documentation names for zip packages
+# (awslabs.github.io/aws-lambda-web-adapter, "Getting started: Zip Packages").
+# A version that does not exist rolls the whole stack back on the first deploy.
+DOCUMENTED_WEB_ADAPTER_LAYER_VERSION = 26
+
+
+def test_web_adapter_layer_default_is_the_documented_version(cfn: dict[str, Any]) -> None:
+    assert cfn["Parameters"]["WebAdapterLayerVersion"]["Default"] == \
+        DOCUMENTED_WEB_ADAPTER_LAYER_VERSION
+
+
 def test_front_doors(cfn: dict[str, Any], sam_template: dict[str, Any]) -> None:
     functions = resources(cfn, "AWS::Lambda::Function")
     assert set(functions) == {"EdgeStreamFunction", "EdgeApiFunction", "ReaperFunction"}
@@ -288,7 +299,8 @@ def test_front_doors(cfn: dict[str, Any], sam_template: dict[str, Any]) -> None:
     assert stream["Environment"]["Variables"]["AWS_LWA_INVOKE_MODE"] == "response_stream"
     assert stream["Environment"]["Variables"]["AWS_LWA_READINESS_CHECK_PATH"] == "/_edge/health"
     layer, = stream["Layers"]
-    assert ":753240598075:layer:LambdaAdapterLayerArm64:" in layer["Fn::Sub"]
+    assert layer["Fn::Sub"].endswith(
+        ":753240598075:layer:LambdaAdapterLayerArm64:${WebAdapterLayerVersion}")
     assert stream["Architectures"] == ["arm64"]
     url, = resources(cfn, "AWS::Lambda::Url").values()
     assert url["Properties"]["InvokeMode"] == "RESPONSE_STREAM"
