@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup setup-test run run-s3 test check lint typecheck bench image clean
+.PHONY: setup setup-test run run-s3 test test-fast check lint typecheck bench image clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,11 @@ run-s3: setup /usr/bin/fusermount3
 
 test: setup-test
 	$(VENV)/bin/pytest
+
+# The unit tier: in-process tests with in-memory fakes and moto, under a minute.
+# Your own loop; `make test` (and CI) runs everything.
+test-fast: setup
+	$(VENV)/bin/pytest -m unit -q
 
 lint: setup
 	$(VENV)/bin/ruff check edge container infra tests bench

@@ -26,7 +26,7 @@ from bench.report import Check
 from bench.stack import Target
 from container.gate import Gate
 from container.tls import make_certificate
-from edge.proxy import pinned_context
+from edge.links import pinned_context
 
 ENTRIES = {
     "streaming (uvicorn + edge.app)": "import uvicorn, edge.app",

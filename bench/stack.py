@@ -18,12 +18,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 
-from bench.procs import Child, children_of, free_port
+from bench.procs import Child, children_of
 from container.opencode import USERNAME as OPENCODE_USER
-from infra.backends import open_backends
+from infra.backends import backends_for_tools
 from infra.credentials import mint_api_key
 from infra.interfaces import RUNNING
 from infra.local.compute import LocalCompute
+from infra.net import free_port
 from infra.settings import PROJECT_ROOT, Settings
 
 _NGINX_CONF = """\
@@ -161,7 +162,7 @@ class Stack:
         """Start the edge with a pre-registered API key and let it wake its container."""
         self.state_dir.mkdir()
         settings = Settings.from_env({"OCEDGE_STATE_DIR": str(self.state_dir)})
-        backends = open_backends(settings)
+        backends = backends_for_tools(settings)
         new = mint_api_key("bench", backends.pepper)
         asyncio.run(backends.keys.put_key(new.record))
 

@@ -21,13 +21,13 @@ from dataclasses import dataclass
 
 import httpx
 
-from bench.procs import free_port
 from bench.report import Check
 from bench.stack import Stack
 from container.opencode import OpencodeServer, opencode_environment
-from infra.backends import open_backends
+from infra.backends import backends_for_tools
 from infra.interfaces import ASLEEP
 from infra.local.compute import LocalCompute
+from infra.net import free_port
 from infra.settings import Settings
 
 
@@ -56,7 +56,7 @@ def _until_200(url: str, headers: dict[str, str], timeout: float, probe: float) 
 
 def _put_to_sleep(stack: Stack) -> None:
     settings = Settings.from_env({"OCEDGE_STATE_DIR": str(stack.state_dir)})
-    backends = open_backends(settings)
+    backends = backends_for_tools(settings)
     asyncio.run(LocalCompute(stack.state_dir).stop(timeout=30))
     deadline = time.monotonic() + 30
     while asyncio.run(backends.state.get()).status not in ASLEEP:

@@ -33,16 +33,15 @@ from typing import Any
 
 import httpx
 
-from bench.procs import Child, free_port
+from bench.procs import Child
 from bench.report import Check
-from container.workspace import (
-    RcloneMount,
-    S3Location,
-    WorkspaceError,
-    fuse_mount_at,
-    go_tool_env,
-)
-from infra.backends import open_backends
+from container.workspace import WorkspaceError
+from container.workspace.fuse import fuse_mount_at
+from container.workspace.location import S3Location
+from container.workspace.rclone import RcloneMount
+from container.workspace.tools import go_tool_env
+from infra.backends import backends_for_tools
+from infra.net import free_port
 from infra.settings import PROJECT_ROOT, Settings
 
 MIN_VS_S3FS = 15.0
@@ -194,7 +193,7 @@ class _Container:
 
     def start(self) -> tuple[float, str, str]:
         """Seconds until running, and the opencode endpoint and password."""
-        backends = open_backends(self.settings)
+        backends = backends_for_tools(self.settings)
         before = asyncio.run(backends.state.get()).generation
         started = time.monotonic()
         with open(self.log, "ab") as out:

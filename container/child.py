@@ -1,9 +1,9 @@
-"""Helper processes of the workspace (rclone, Litestream): started so that only the
-container decides when they stop, and so that they never outlive it.
+"""The container's child processes (opencode, and the workspace's rclone and
+Litestream): started so that they never outlive it, stopped by their process id.
 
-- Each runs in its own session: a signal sent to the container's process group
-  (``ocedge sleep``, Ctrl-C) reaches the container, which then stops them in order;
-  rclone or Litestream would otherwise quit at once and drop pending uploads.
+- The workspace's helpers run in their own session: a signal sent to the container's
+  process group (``ocedge sleep``, Ctrl-C) reaches the container, which then stops them
+  in order; rclone or Litestream would otherwise quit at once and drop pending uploads.
 - Each gets PR_SET_PDEATHSIG: if the container dies (SIGKILL, crash), they die with
   it, as they would with the host, instead of lingering as orphans that hold the mount.
 - Their output is logged line by line under their name, and the last lines are kept
@@ -39,27 +39,37 @@ def _die_with_parent(sig: int, parent: int) -> Callable[[], None]:
 
 
 class Child:
-    """One helper process; ``start`` it, ``terminate`` or ``kill`` it, ``wait`` for it."""
+    """One child process; ``start`` it, ``stop`` or ``kill`` it, ``wait`` for it."""
 
     def __init__(self, name: str, argv: Sequence[str], env: Mapping[str, str],
-                 on_parent_death: int = signal.SIGKILL, cwd: Path | None = None) -> None:
+                 on_parent_death: int = signal.SIGKILL, cwd: Path | None = None, *,
+                 own_session: bool = True, log_output: bool = True) -> None:
+        """``own_session=False`` keeps it in the container's process group, so a signal to
+        the group reaches it too; ``log_output=False`` lets it write to the container's
+        own output instead of a pipe (see :class:`container.opencode.OpencodeServer`)."""
         self.name = name
         self.argv = list(argv)
         self.env = dict(env)
         self.on_parent_death = on_parent_death
         self.cwd = cwd
+        self.own_session = own_session
+        self.log_output = log_output
         self.process: asyncio.subprocess.Process | None = None
         self._tail: collections.deque[str] = collections.deque(maxlen=20)
         self._reader: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Start it; FileNotFoundError when the binary is missing."""
+        # Not logged: straight to the container's own stdout and stderr (None).
+        stdout, stderr = ((asyncio.subprocess.PIPE, asyncio.subprocess.STDOUT)
+                          if self.log_output else (None, None))
         self.process = await asyncio.create_subprocess_exec(
             *self.argv, env=self.env, cwd=self.cwd, stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,
+            stdout=stdout, stderr=stderr,
+            start_new_session=self.own_session,
             preexec_fn=_die_with_parent(self.on_parent_death, os.getpid()))
-        self._reader = asyncio.ensure_future(self._read_output())
+        if self.log_output:
+            self._reader = asyncio.ensure_future(self._read_output())
         log.debug("%s started (pid %d)", self.name, self.process.pid)
 
     async def _read_output(self) -> None:
@@ -115,6 +125,37 @@ class Child:
         code = await self.wait(max(0.0, timeout))
         if code is None:
             log.warning("%s did not exit within %.1f s of SIGTERM; killing it", self.name, timeout)
-            self.signal(signal.SIGKILL)
-            code = await self.wait()
+            code = await self.kill()
         return code
+
+    async def kill(self, tree: bool = False) -> int | None:
+        """SIGKILL (``tree``: and every process it started, found before it dies, when
+        they would otherwise be orphaned); returns its exit status."""
+        if not self.running:
+            return self.returncode
+        if tree:
+            for pid in descendants(self.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        self.signal(signal.SIGKILL)
+        return await self.wait()
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children first found, deepest last)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                ppid = int(handle.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    found, queue = [], [pid]
+    while queue:
+        for child in children.get(queue.pop(), []):
+            found.append(child)
+            queue.append(child)
+    return found

@@ -12,32 +12,30 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import os
 import signal
-import socket
 import sys
 import time
 
 from container.endpoint import public_host
 from container.gate import Gate
-from container.hooks import run_stop_hooks
 from container.opencode import USERNAME, OpencodeFailed, OpencodeServer, opencode_environment
 from container.providers import push_provider_keys
 from container.tls import make_certificate
 from container.watcher import KeepAlive
-from container.workspace import S3Workspace, Workspace, WorkspaceError, open_workspace
-from infra.backends import open_backends
-from infra.interfaces import STARTING
-from infra.lifecycle import Deadline, Lifecycle
+from container.workspace import Workspace, WorkspaceError, open_workspace
+from infra.backends import backends_for_tools
+from infra.deadline import Deadline
+from infra.interfaces import Status
+from infra.lifecycle import Lifecycle, process_owner
 from infra.settings import Settings, SettingsError
 
 log = logging.getLogger("ocedge.container")
 
 
 async def run(settings: Settings) -> int:
-    backends = open_backends(settings)
-    lifecycle = Lifecycle(backends.state)
-    owner = f"container:{socket.gethostname()}:{os.getpid()}"
+    backends = backends_for_tools(settings)
+    owner = process_owner("container")
+    lifecycle = Lifecycle(backends.state, owner=owner)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -46,7 +44,7 @@ async def run(settings: Settings) -> int:
     async def failed_to_start(why: str) -> int:
         log.error("%s", why)
         current = await backends.state.get()
-        if current.status == STARTING:
+        if current.status == Status.STARTING:
             await lifecycle.mark_failed_if(current, why)
         return 1
 
@@ -75,7 +73,7 @@ async def run(settings: Settings) -> int:
         return await failed_to_start(str(exc))
     # Provider keys go in before anyone can send a prompt.
     await push_provider_keys(settings, backends, server.url, server.auth)
-    await workspace.start_replication()
+    await workspace.run()
 
     # The TLS gate: the only public listener, with this boot's certificate, which
     # the edge pins; without it (local mode) the edge dials opencode on loopback.
@@ -96,11 +94,11 @@ async def run(settings: Settings) -> int:
     # 3. Registered and serving until idle, told to stop, opencode dies or the
     #    workspace does (rclone or Litestream exited under it).
     state = await lifecycle.register_running(
-        endpoint, server.password, cert_pem, settings.idle_timeout, owner)
+        endpoint, server.password, cert_pem, settings.idle_timeout)
     generation = state.generation
     log.info("opencode is ready at %s (generation %d)", server.url, generation)
 
-    keepalive = KeepAlive(server.url, server.auth, backends.state, generation,
+    keepalive = KeepAlive(server.url, server.auth, lifecycle, generation,
                           Deadline(backends.state, settings.idle_timeout, owner))
     check_every = min(5.0, max(0.2, settings.idle_timeout / 20))
     follow = asyncio.ensure_future(keepalive.follow())
@@ -137,7 +135,6 @@ async def run(settings: Settings) -> int:
         # after the grace time), the container is asleep.
         code = await server.stop()
         log.info("opencode stopped (status %d)", code)
-        await run_stop_hooks(settings)
         problems = await save(workspace, deadline)
         if problems:
             await lifecycle.mark_stopped(generation, "; ".join(problems))
@@ -155,14 +152,9 @@ async def run(settings: Settings) -> int:
 
 async def save(workspace: Workspace, deadline: float) -> list[str]:
     """Close the workspace (opencode has stopped); returns what could not be saved."""
-    started = time.monotonic()
-    budget = deadline - started
     problems = await workspace.close(deadline)
     for problem in problems:
         log.error("NOT SAVED: %s", problem)
-    if isinstance(workspace, S3Workspace):
-        log.info("workspace closed in %.1f s (budget %.0f s)%s", time.monotonic() - started,
-                 budget, "" if not problems else " with problems")
     return problems
 
 

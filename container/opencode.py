@@ -1,19 +1,29 @@
-"""The opencode server process: start it on loopback, wait until it answers, stop it."""
+"""The opencode server process: start it on loopback, wait until it answers, stop it.
+
+It is a :class:`container.child.Child` with two differences from the workspace's
+helpers. It stays in the container's process group, so a stop signal sent to the
+group (``ocedge sleep``, Ctrl-C, the host going away) reaches it and whatever it
+spawned, as it reaches the container. And its output goes straight to the
+container's own: its descendants (terminals, language servers) inherit it, and on
+Python 3.11 a pipe they kept open would keep ``wait`` from returning after opencode
+itself exited.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import secrets
 import signal
-import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from container.child import Child
+from infra.net import free_port
 
 if TYPE_CHECKING:
     import httpx
@@ -23,45 +33,21 @@ log = logging.getLogger("ocedge.container")
 USERNAME = "opencode"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (children first found, deepest last)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as handle:
-                ppid = int(handle.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        children.setdefault(ppid, []).append(int(entry))
-    found, queue = [], [pid]
-    while queue:
-        for child in children.get(queue.pop(), []):
-            found.append(child)
-            queue.append(child)
-    return found
-
-
 class OpencodeFailed(RuntimeError):
     """opencode did not start or did not become ready."""
 
 
 @dataclass
 class OpencodeServer:
+    """``opencode web`` on 127.0.0.1:``port`` in ``workdir``, behind its own Basic auth
+    (user ``opencode``, a fresh random ``password``)."""
+
     binary: str
     workdir: Path
     env: Mapping[str, str]
     port: int = field(default_factory=free_port)
     password: str = field(default_factory=lambda: secrets.token_urlsafe(32), repr=False)
-    process: asyncio.subprocess.Process | None = None
+    child: Child | None = field(default=None, init=False)
 
     @property
     def url(self) -> str:
@@ -74,19 +60,21 @@ class OpencodeServer:
         return httpx.BasicAuth(USERNAME, self.password)
 
     async def start(self) -> None:
+        """Start it; OpencodeFailed when the binary is missing."""
         env = dict(self.env)
         env["OPENCODE_SERVER_USERNAME"] = USERNAME
         env["OPENCODE_SERVER_PASSWORD"] = self.password
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self.child = Child(
+            "opencode", [self.binary, "web", "--hostname", "127.0.0.1", "--port", str(self.port)],
+            env, cwd=self.workdir, own_session=False, log_output=False)
         try:
-            self.process = await asyncio.create_subprocess_exec(
-                self.binary, "web", "--hostname", "127.0.0.1", "--port", str(self.port),
-                cwd=self.workdir, env=env, stdin=asyncio.subprocess.DEVNULL)
+            await self.child.start()
         except FileNotFoundError:
             raise OpencodeFailed(
                 f"the opencode binary was not found at {self.binary!r}; install it with "
                 "`npm ci` in the project (or set OCEDGE_OPENCODE_BIN)") from None
-        log.info("opencode started (pid %d, port %d)", self.process.pid, self.port)
+        log.info("opencode started (pid %d, port %d)", self.child.pid, self.port)
 
     async def wait_ready(self, timeout: float) -> None:
         """Poll /global/health with short per-request timeouts: opencode sometimes never
@@ -97,9 +85,9 @@ class OpencodeServer:
         probe = 0.25  # grows if opencode is slow to answer, so a busy start still passes
         async with httpx.AsyncClient(auth=self.auth, trust_env=False) as client:
             while time.monotonic() < deadline:
-                if self.process is not None and self.process.returncode is not None:
+                if self.child is not None and self.child.returncode is not None:
                     raise OpencodeFailed(
-                        f"opencode exited with status {self.process.returncode} while starting")
+                        f"opencode exited with status {self.child.returncode} while starting")
                 try:
                     response = await client.get(f"{self.url}/global/health", timeout=probe)
                     if response.status_code == 200 and response.json().get("healthy"):
@@ -110,11 +98,6 @@ class OpencodeServer:
                     pass
                 await asyncio.sleep(0.03)
         raise OpencodeFailed(f"opencode did not become ready within {timeout:.0f} s")
-
-    def signal(self, sig: int) -> None:
-        if self.process is not None and self.process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.process.send_signal(sig)
 
     async def stop(self, timeout: float = 3.0) -> int:
         """Dispose opencode's instances, SIGTERM, then SIGKILL after ``timeout``;
@@ -127,31 +110,30 @@ class OpencodeServer:
         then opencode and everything it spawned are killed: SQLite commits survive
         a kill.
         """
-        if self.process is None:
+        if self.child is None:
             return 0
         import httpx
 
-        if self.process.returncode is None:
+        if self.child.running:
             try:
                 async with httpx.AsyncClient(auth=self.auth, trust_env=False) as client:
                     await client.post(f"{self.url}/global/dispose", timeout=5.0)
             except httpx.HTTPError as exc:
                 log.warning("opencode did not dispose its instances (%s); stopping anyway",
                             type(exc).__name__)
-        self.signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(self.process.wait(), timeout)
-        except TimeoutError:
+        self.child.signal(signal.SIGTERM)
+        code = await self.child.wait(timeout)
+        if code is None:
             log.info("opencode did not exit within %.0f s of SIGTERM; killing it", timeout)
-            for pid in [*descendants(self.process.pid), self.process.pid]:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            await self.process.wait()
-        return self.process.returncode or 0
+            code = await self.child.kill(tree=True)
+        return code or 0
 
     async def wait(self) -> int:
-        assert self.process is not None
-        return await self.process.wait()
+        """Its exit status, once it exits."""
+        assert self.child is not None
+        code = await self.child.wait()
+        assert code is not None
+        return code
 
 
 def opencode_environment(passthrough: Mapping[str, str], base: Mapping[str, str],

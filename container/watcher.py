@@ -21,8 +21,9 @@ from typing import Any
 import httpx
 from httpx_sse import aconnect_sse
 
-from infra.interfaces import RUNNING, StateStore
-from infra.lifecycle import Deadline, Lifecycle
+from infra.deadline import Deadline
+from infra.interfaces import Status
+from infra.lifecycle import Lifecycle
 
 log = logging.getLogger("ocedge.watcher")
 
@@ -36,12 +37,15 @@ def _status_type(status: Any) -> str:
 
 
 class KeepAlive:
-    def __init__(self, base_url: str, auth: httpx.Auth, store: StateStore, generation: int,
+    """Keeps the container of ``generation`` awake while opencode is active: ``follow``
+    its events, and ``wait_until_idle`` returns once it is not."""
+
+    def __init__(self, base_url: str, auth: httpx.Auth, lifecycle: Lifecycle, generation: int,
                  deadline: Deadline, max_backoff: float = 30.0,
                  clock: Callable[[], float] = time.time) -> None:
         self.base_url = base_url
         self.auth = auth
-        self.store = store
+        self.lifecycle = lifecycle
         self.generation = generation
         self.deadline = deadline
         self.max_backoff = max_backoff
@@ -87,7 +91,7 @@ class KeepAlive:
         busy = bool(self.busy)
         if busy == self._busy_written:
             return
-        if await Lifecycle(self.store).update(self.generation, (RUNNING,), busy=busy):
+        if await self.lifecycle.update(self.generation, (Status.RUNNING,), busy=busy):
             self._busy_written = busy
 
     # -- the event stream ----------------------------------------------------------
@@ -138,7 +142,7 @@ class KeepAlive:
     async def wait_until_idle(self, check_every: float) -> None:
         """Return once the deadline has passed and no session is busy."""
         while True:
-            current = await self.store.get()
+            current = await self.lifecycle.state.get()
             if current.generation != self.generation:
                 log.warning("a newer generation (%d) owns the state; stopping",
                             current.generation)

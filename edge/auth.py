@@ -105,6 +105,9 @@ class _TTLCache:
 
 
 class Authenticator:
+    """Checks presented credentials against the key store (cached briefly) and
+    the session signer; counts failures in the throttle."""
+
     def __init__(self, keys: KeyStore, pepper: bytes, signer: SessionSigner,
                  throttle: FailureThrottle, cache_ttl: float = 30.0) -> None:
         self.keys = keys
@@ -130,10 +133,6 @@ class Authenticator:
             value = await self.keys.get_key(key_id)
             self._cache.put("key:" + key_id, value, now)
         return value if isinstance(value, ApiKeyRecord) else None
-
-    def forget(self) -> None:
-        """Drop cached records (after the CLI changed them in this process)."""
-        self._cache = _TTLCache(self._cache.ttl)
 
     async def authenticate(self, presented: Presented, client: str,
                            now: float | None = None) -> AuthResult:

@@ -13,18 +13,9 @@ from mangum import Mangum
 from starlette.responses import JSONResponse
 
 from edge.app import create_app
+from edge.request import wants_event_stream
 from edge.types import ASGIApp, Receive, Scope, Send
 from infra.settings import Settings
-
-# Paths that only ever answer with an event stream.
-_STREAM_PATHS = frozenset({"/global/event", "/event"})
-
-
-def wants_event_stream(scope: Scope) -> bool:
-    if scope["path"] in _STREAM_PATHS:
-        return True
-    return any(name == b"accept" and b"text/event-stream" in value
-               for name, value in scope["headers"])
 
 
 class BufferedFrontDoor:

@@ -1,325 +1,171 @@
-"""Forwarding to the container: HTTP (bodies streamed both ways, SSE unbuffered)
-and WebSockets (both directions).
+"""The proxy layer: find the container (waking it for activity), forward to it,
+and keep its idle deadline moving while it is used.
 
-The client's credentials never go upstream: its Authorization and X-API-Key
-headers and the edge's own cookie are dropped, and the internal credential the
-container registered is added instead.
+An open tab's background traffic never wakes a sleeping container; it gets a 503
+(a navigation gets the waking page) until the container runs. A request that
+finds the container gone since the cached state was read is woken and sent once
+more if none of its body was read; otherwise it gets a clear 502.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import contextlib
 import logging
-import ssl
-from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Any
+import time
 
-import httpx
+from starlette.responses import HTMLResponse, JSONResponse, Response
 
-from edge.session import COOKIE_NAME, split_cookie_header
+from edge import pages
+from edge.links import UpstreamLinks
+from edge.request import ACTIVITY, BACKGROUND, intent, is_navigation
 from edge.types import Receive, Scope, Send
+from infra.deadline import Deadline
+from infra.interfaces import ContainerState, StateStore, Status
+from infra.lifecycle import Lifecycle
+from infra.settings import Settings
 
 log = logging.getLogger("ocedge.edge")
 
-HOP_BY_HOP = frozenset({
-    b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te",
-    b"trailer", b"trailers", b"transfer-encoding", b"upgrade", b"http2-settings",
-})
-# Never forwarded upstream: the client's own credentials and what the edge sets itself.
-# The client's Host is kept: opencode checks Origin against it (terminal tickets).
-_DROP_REQUEST = HOP_BY_HOP | {
-    b"authorization", b"x-api-key", b"x-forwarded-for", b"x-forwarded-proto",
-    b"x-forwarded-host", b"forwarded", b"x-real-ip",
-}
-# Upstream's auth challenge would make browsers prompt for the internal credential.
-_DROP_RESPONSE = HOP_BY_HOP | {b"www-authenticate"}
-_WS_DROP = _DROP_REQUEST | {
-    b"host", b"sec-websocket-key", b"sec-websocket-version", b"sec-websocket-extensions",
-    b"sec-websocket-protocol", b"origin",
-}
+# A running state is re-read at most this often on the request path.
+STATE_TTL = 1.0
 
 
-@dataclass(frozen=True)
-class Upstream:
-    """Where the container listens and how the edge proves itself to it."""
+class Proxy:
+    """The innermost layer: every authenticated request that is not the edge's own."""
 
-    host: str
-    port: int
-    username: str = field(default="opencode")
-    password: str = field(default="", repr=False)
+    def __init__(self, settings: Settings, state: StateStore, lifecycle: Lifecycle,
+                 links: UpstreamLinks, deadline: Deadline) -> None:
+        self.settings = settings
+        self.state = state
+        self.lifecycle = lifecycle
+        self.links = links
+        self.deadline = deadline
+        self._cached: tuple[float, ContainerState] | None = None
+        self._refresh: asyncio.Future[ContainerState] | None = None
+        self._renewals: set[asyncio.Task[bool]] = set()
 
-    @property
-    def authorization(self) -> bytes:
-        token = base64.b64encode(f"{self.username}:{self.password}".encode())
-        return b"Basic " + token
-
-    def url(self, scheme: str, scope: Scope) -> str:
-        path = scope.get("raw_path") or scope["path"].encode()
-        query = scope.get("query_string") or b""
-        target = path.decode("latin-1") + ("?" + query.decode("latin-1") if query else "")
-        return f"{scheme}://{self.host}:{self.port}{target}"
-
-
-def pinned_context(cert_pem: str) -> ssl.SSLContext:
-    """A client TLS context that trusts exactly one certificate: the one the
-    container of the current generation registered. No CA, no system roots."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    # The certificate itself is the pin; the address it was issued for adds nothing.
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_REQUIRED
-    context.load_verify_locations(cadata=cert_pem)
-    return context
-
-
-class UpstreamUnavailable(Exception):
-    """The container could not be reached (refused, timed out, reset before a response).
-
-    ``replayable``: none of the client's request body was read, so the request can
-    be sent again (to a container that is woken meanwhile)."""
-
-    def __init__(self, message: str, replayable: bool = True) -> None:
-        super().__init__(message)
-        self.replayable = replayable
-
-
-def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
-    tokens: set[bytes] = set()
-    for name, value in headers:
-        if name.lower() == b"connection":
-            tokens.update(t.strip().lower() for t in value.split(b","))
-    return tokens
-
-
-def forward_headers(scope: Scope, upstream: Upstream, drop: frozenset[bytes],
-                    trust_forwarded: bool) -> list[tuple[bytes, bytes]]:
-    raw: list[tuple[bytes, bytes]] = scope["headers"]
-    extra_drop = _connection_tokens(raw)
-    out: list[tuple[bytes, bytes]] = []
-    host = b""
-    prior_for = b""
-    for name, value in raw:
-        lname = name.lower()
-        if lname == b"host":
-            host = value
-        elif lname == b"x-forwarded-for" and trust_forwarded:
-            prior_for = value
-        if lname in drop or lname in extra_drop:
-            continue
-        if lname == b"cookie":
-            value = split_cookie_header(value.decode("latin-1"))[1].encode("latin-1")
-            if not value:
-                continue
-        out.append((lname, value))
-    client = scope.get("client")
-    client_ip = (client[0] if client else "").encode()
-    forwarded_for = prior_for + b", " + client_ip if prior_for else client_ip
-    scheme = b"https" if scope.get("scheme") in ("https", "wss") else b"http"
-    if not host or b"host" in drop:
-        out.append((b"host", f"{upstream.host}:{upstream.port}".encode()))
-    out.append((b"authorization", upstream.authorization))
-    if forwarded_for:
-        out.append((b"x-forwarded-for", forwarded_for))
-    out.append((b"x-forwarded-proto", scheme))
-    if host:
-        out.append((b"x-forwarded-host", host))
-    return out
-
-
-def _has_body(scope: Scope) -> bool:
-    for name, value in scope["headers"]:
-        lname = name.lower()
-        if lname == b"content-length":
-            return value.strip() not in (b"", b"0")
-        if lname == b"transfer-encoding":
-            return True
-    return False
-
-
-class HttpForwarder:
-    """Forwards through the pooled transport of the edge's one httpx client.
-
-    Going to the transport directly skips what a proxy must not do anyway —
-    merging default headers, a shared cookie jar, following redirects, auth —
-    and most of httpx's per-request cost.
-    """
-
-    def __init__(self, transport: httpx.AsyncBaseTransport, read_timeout: float,
-                 connect_timeout: float, trust_forwarded: bool) -> None:
-        self.transport = transport
-        self.read_timeout = read_timeout
-        self.connect_timeout = connect_timeout
-        self.trust_forwarded = trust_forwarded
-
-    async def forward(self, scope: Scope, receive: Receive, send: Send, upstream: Upstream,
-                      extra_headers: list[tuple[bytes, bytes]] | None = None,
-                      scheme: str = "http") -> None:
-        """Send the request upstream and stream the answer back.
-
-        Raises UpstreamUnavailable when nothing was sent to the client yet, so the
-        caller can answer with a clear 502/503 instead.
-        """
-        body_done = asyncio.Event()
-        body_read = False
-
-        async def request_body() -> AsyncIterator[bytes]:
-            nonlocal body_read
-            body_read = True
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    raise asyncio.CancelledError("client went away")
-                chunk = message.get("body", b"")
-                if chunk:
-                    yield chunk
-                if not message.get("more_body", False):
-                    break
-            body_done.set()
-
-        headers = forward_headers(scope, upstream, _DROP_REQUEST, self.trust_forwarded)
-        wants_stream = any(n == b"accept" and b"text/event-stream" in v for n, v in headers)
-        timeout = {"connect": self.connect_timeout,
-                   "read": None if wants_stream else self.read_timeout,
-                   "write": self.read_timeout, "pool": self.connect_timeout}
-        has_body = _has_body(scope)
-        if not has_body:
-            body_done.set()
-        request = httpx.Request(
-            scope["method"], upstream.url(scheme, scope), headers=headers,
-            content=request_body() if has_body else None, extensions={"timeout": timeout})
-        try:
-            response = await self.transport.handle_async_request(request)
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError,
-                httpx.ReadError, httpx.PoolTimeout, httpx.ReadTimeout, ssl.SSLError) as exc:
-            raise UpstreamUnavailable(f"{type(exc).__name__}: {exc}",
-                                      replayable=not body_read) from exc
-        try:
-            await self._respond(response, receive, send, extra_headers or [],
-                                body_done.is_set())
-        finally:
-            await response.aclose()
-
-    async def _respond(self, response: httpx.Response, receive: Receive, send: Send,
-                       extra_headers: list[tuple[bytes, bytes]], body_done: bool) -> None:
-        raw = response.headers.raw
-        extra_drop = _connection_tokens(raw)
-        headers = [(n.lower(), v) for n, v in raw
-                   if n.lower() not in _DROP_RESPONSE and n.lower() not in extra_drop]
-        headers.extend(extra_headers)
-        await send({"type": "http.response.start", "status": response.status_code,
-                    "headers": headers})
-        streaming = b"content-length" not in {n for n, _ in headers}
-        if streaming and body_done:
-            # Event streams and chunked bodies: stop reading upstream the moment
-            # the client leaves, or the upstream stream would be held forever.
-            await self._stream_until_disconnect(response, receive, send)
-            return
-        async for chunk in response.aiter_raw():
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-    async def _stream_until_disconnect(self, response: httpx.Response, receive: Receive,
-                                       send: Send) -> None:
-        async def pump() -> None:
-            try:
-                async for chunk in response.aiter_raw():
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            except (httpx.ReadError, httpx.RemoteProtocolError) as exc:
-                # The container went away mid-stream: end the client's stream too.
-                log.info("upstream stream ended: %s", type(exc).__name__)
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-        async def disconnected() -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
-
-        pump_task = asyncio.ensure_future(pump())
-        watch_task = asyncio.ensure_future(disconnected())
-        try:
-            await asyncio.wait({pump_task, watch_task}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (pump_task, watch_task):
-                task.cancel()
-            for task in (pump_task, watch_task):
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        if pump_task.done() and not pump_task.cancelled() and pump_task.exception():
-            raise pump_task.exception()  # type: ignore[misc]
-
-
-async def forward_websocket(scope: Scope, receive: Receive, send: Send, upstream: Upstream,
-                            trust_forwarded: bool, scheme: str = "ws",
-                            ssl: Any = None,
-                            on_message: Callable[[], None] | None = None) -> None:
-    """Bridge a client WebSocket to the container's. Raises UpstreamUnavailable before
-    the client is accepted when the container refuses."""
-    from websockets.asyncio.client import connect
-    from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
-
-    headers = forward_headers(scope, upstream, _WS_DROP, trust_forwarded)
-    headers = [(n, v) for n, v in headers if n != b"host"]
-    subprotocols = [p for p in scope.get("subprotocols", []) if p]
-    try:
-        upstream_ws = await connect(
-            upstream.url(scheme, scope),
-            additional_headers=[(n.decode("latin-1"), v.decode("latin-1")) for n, v in headers],
-            subprotocols=subprotocols or None,
-            open_timeout=10, ping_interval=20, ping_timeout=20, max_size=None,
-            compression=None, ssl=ssl, user_agent_header=None, proxy=None)
-    except (OSError, TimeoutError, InvalidHandshake, InvalidStatus, ssl.SSLError) as exc:
-        raise UpstreamUnavailable(f"{type(exc).__name__}: {exc}") from exc
-
-    message = await receive()
-    if message["type"] != "websocket.connect":
-        await upstream_ws.close()
-        return
-    await send({"type": "websocket.accept", "subprotocol": upstream_ws.subprotocol})
-
-    async def client_to_upstream() -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = intent(scope)
+        # An activity request that finds the container gone (it fell asleep since
+        # the cached state was read) may take the wake path once more, if none of
+        # its body was read yet.
+        retry = kind == ACTIVITY and scope["type"] == "http"
+        current = await self.current()
         while True:
-            msg = await receive()
-            if msg["type"] == "websocket.receive":
-                if on_message is not None:
-                    on_message()
-                if msg.get("bytes") is not None:
-                    await upstream_ws.send(msg["bytes"])
-                elif msg.get("text") is not None:
-                    await upstream_ws.send(msg["text"])
-            elif msg["type"] == "websocket.disconnect":
-                await upstream_ws.close(code=msg.get("code", 1000))
+            if current.status != Status.RUNNING or not current.endpoint:
+                if kind == BACKGROUND:
+                    # An open tab's polls must not wake a sleeping container.
+                    await self._not_ready(scope, receive, send, current)
+                    return
+                current = await self.lifecycle.wake(self.settings.wake_wait)
+                self._cached = None
+                if current.status != Status.RUNNING or not current.endpoint:
+                    await self._not_ready(scope, receive, send, current)
+                    return
+            elif kind == ACTIVITY:
+                self.renew(current)
+            replayable = await self._forward(scope, receive, send, current)
+            if replayable is None:
                 return
+            fresh = await self.state.get()
+            # Only a container that went to sleep (or was replaced) meanwhile is
+            # woken again; a crashed or unreachable one gets its clear, fast 502.
+            went_to_sleep = fresh.status in (Status.STOPPED, Status.STOPPING) or (
+                fresh.generation != current.generation and fresh.status != Status.FAILED)
+            if not (retry and replayable and went_to_sleep):
+                await self._unreachable(scope, receive, send)
+                return
+            retry = False
+            current = fresh
 
-    async def upstream_to_client() -> None:
+    async def current(self) -> ContainerState:
+        """The state item; a running one is cached briefly and refreshed by one
+        request at a time, however many are in flight."""
+        now = time.monotonic()
+        if self._cached is not None and now - self._cached[0] < STATE_TTL:
+            return self._cached[1]
+        if self._refresh is None or self._refresh.done():
+            self._refresh = asyncio.ensure_future(self._read())
+        return await asyncio.shield(self._refresh)
+
+    async def _read(self) -> ContainerState:
+        current = await self.state.get()
+        running = current.status == Status.RUNNING
+        self._cached = (time.monotonic(), current) if running else None
+        return current
+
+    async def _forward(self, scope: Scope, receive: Receive, send: Send,
+                       current: ContainerState) -> bool | None:
+        """Forward to ``current``'s container. None when done; otherwise it could
+        not be reached, nothing was sent to the client, and the result says whether
+        the request could be sent again (none of its body was read)."""
+        # Imported on the first forwarded request: httpx stays off the cold start.
+        from edge.forwarding import Upstream, UpstreamUnavailable, forward_websocket
+
+        assert current.endpoint is not None
+        host, _, port = current.endpoint.rpartition(":")
+        upstream = Upstream(host, int(port), password=current.credential or "")
         try:
-            async for data in upstream_ws:
-                if isinstance(data, bytes):
-                    await send({"type": "websocket.send", "bytes": data})
-                else:
-                    await send({"type": "websocket.send", "text": data})
-            code = upstream_ws.close_code or 1000
-        except ConnectionClosed as exc:
-            code = exc.rcvd.code if exc.rcvd else 1011
-        if code in (1005, 1006, 1015):
-            # Reserved codes that must not be sent in a close frame.
-            code = 1000 if code == 1005 else 1011
-        with contextlib.suppress(Exception):
-            await send({"type": "websocket.close", "code": code})
+            link = await self.links.to(current)
+            if scope["type"] == "websocket":
+                await forward_websocket(scope, receive, send, upstream,
+                                        self.settings.trust_forwarded,
+                                        scheme=link.websocket_scheme, tls=link.tls,
+                                        on_message=lambda: self.renew(current))
+            else:
+                await link.forwarder.forward(scope, receive, send, upstream,
+                                             scheme=link.http_scheme)
+        except UpstreamUnavailable as exc:
+            log.warning("container at generation %d unreachable: %s", current.generation, exc)
+            self._cached = None
+            await self.lifecycle.container_gone(current)
+            return exc.replayable
+        return None
 
-    tasks = {asyncio.ensure_future(client_to_upstream()),
-             asyncio.ensure_future(upstream_to_client())}
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
-                await task
-        await upstream_ws.close()
+    def renew(self, current: ContainerState) -> None:
+        """Activity: bump the idle deadline (in the background, at most once per 5%)."""
+        if self.deadline.due(current.generation, current.deadline, time.time()) is None:
+            return
+        task = asyncio.ensure_future(self.deadline.renew(current.generation, current.deadline))
+        self._renewals.add(task)
+        task.add_done_callback(self._renewed)
 
+    def _renewed(self, task: asyncio.Task[bool]) -> None:
+        self._renewals.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("could not renew the idle deadline: %s", task.exception())
 
-__all__ = ["COOKIE_NAME", "HttpForwarder", "Upstream", "UpstreamUnavailable",
-           "forward_websocket"]
+    async def _not_ready(self, scope: Scope, receive: Receive, send: Send,
+                         current: ContainerState) -> None:
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1013})
+            return
+        failed = current.status == Status.FAILED and current.reason is not None
+        headers = {"Retry-After": "5", "Cache-Control": "no-store"}
+        response: Response
+        if is_navigation(scope):
+            response = HTMLResponse(
+                pages.waking_page(current.status, current.generation, current.reason, failed),
+                status_code=503, headers=headers)
+        elif failed:
+            response = JSONResponse(
+                {"error": "start_failed", "status": current.status,
+                 "message": f"The workspace could not start: {current.reason}. "
+                            "Retry to try again."}, status_code=503, headers=headers)
+        else:
+            response = JSONResponse(
+                {"error": "asleep" if current.status == Status.STOPPED else "waking",
+                 "status": current.status,
+                 "message": f"The workspace is {current.status}; retry after the "
+                            "Retry-After seconds."}, status_code=503, headers=headers)
+        await response(scope, receive, send)
+
+    async def _unreachable(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1011})
+            return
+        await pages.error(
+            scope, 502, "upstream_unavailable",
+            "The opencode container did not answer. It will be started again on your "
+            "next request.", title="Workspace unavailable",
+            headers={"Retry-After": "2", "Cache-Control": "no-store"})(scope, receive, send)

@@ -33,7 +33,17 @@ async def ensure_admin(settings: Settings, keys: KeyStore) -> str | None:
     return password
 
 
+MIN_PASSWORD_LENGTH = 12
+
+
+def check_admin_password(password: str) -> str:
+    """``password`` if it may be the admin password, else ValueError saying why."""
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise ValueError(f"the admin password must be at least {MIN_PASSWORD_LENGTH} characters")
+    return password
+
+
 async def set_admin_password(settings: Settings, keys: KeyStore, password: str) -> None:
-    if len(password) < 12:
-        raise ValueError("the admin password must be at least 12 characters")
+    """Store ``password`` (checked by :func:`check_admin_password`) for the admin user."""
+    check_admin_password(password)
     await keys.set_admin(AdminUser(settings.admin_user, hash_password(password)))

@@ -18,8 +18,12 @@ import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from infra.interfaces import ApiKeyRecord
+
+if TYPE_CHECKING:
+    from infra.settings import Settings
 
 KEY_PREFIX = "oce"
 _BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -160,3 +164,13 @@ def secret_from_setting(value: str) -> bytes:
     from nacl.hash import blake2b
 
     return blake2b(value.encode(), digest_size=32, encoder=RawEncoder)
+
+
+def secret_overrides(settings: Settings) -> dict[str, bytes]:
+    """Server secrets given as settings; they win over the secret source."""
+    found = {}
+    if settings.pepper:
+        found["pepper"] = secret_from_setting(settings.pepper)
+    if settings.session_secret:
+        found["session_secret"] = secret_from_setting(settings.session_secret)
+    return found

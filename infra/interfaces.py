@@ -6,11 +6,14 @@ Three small contracts, each with a local (SQLite / child process) and an AWS
 - :class:`KeyStore`   — the admin user, API keys (hashed) and provider credentials
   (sealed);
 - :class:`StateStore` — the one state item of the deployment's container;
-- :class:`Compute`    — start / stop / describe the container host.
+- :class:`Compute`    — start / stop / describe the container host;
+
+and where the server's own secrets come from (:class:`SecretSource`).
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
@@ -56,7 +59,6 @@ class ApiKeyRecord:
     expires: float | None = None
     revoked: float | None = None
     last_used: float | None = None
-    scopes: tuple[str, ...] = ("all",)
 
     def usable_at(self, now: float) -> bool:
         if self.revoked is not None:
@@ -106,10 +108,6 @@ class ContainerState:
     reason: str | None = None
     busy: bool = False
 
-    @property
-    def asleep(self) -> bool:
-        return self.status in ASLEEP
-
 
 class KeyStore(Protocol):
     async def get_admin(self) -> AdminUser | None:
@@ -146,7 +144,7 @@ class StateStore(Protocol):
     async def get(self) -> ContainerState: ...
 
     async def put_if(self, expected_generation: int, new: ContainerState,
-                     expected_status: tuple[str, ...] | None = None) -> bool:
+                     expected_status: tuple[Status, ...] | None = None) -> bool:
         """Write ``new`` only if the stored generation (and status, when given)
         is still what the caller expects. Returns whether it was written."""
 
@@ -165,6 +163,17 @@ class ComputeInfo:
     detail: str = ""
 
 
+class SecretSource(Protocol):
+    """The deployment's server secrets: 0600 files locally, one SSM parameter on AWS."""
+
+    def get(self, name: str, create: bool) -> bytes | None:
+        """Server secret ``name`` (``pepper``, ``session_secret``, ``sealing_key``);
+        with ``create``, made (once, for everyone) if it does not exist yet."""
+
+    def ensure(self) -> bool:
+        """Create whatever secrets are missing; True if any was created now."""
+
+
 class Compute(Protocol):
     async def start(self) -> None:
         """Start the container host. Idempotent: starting a running host is a no-op."""
@@ -173,3 +182,73 @@ class Compute(Protocol):
         """Ask the host to stop gracefully. Idempotent."""
 
     async def describe(self) -> ComputeInfo: ...
+
+
+class Clients(Protocol):
+    """The AWS clients a process opened (:class:`infra.aws.client.AwsApi`)."""
+
+    async def warm(self, services: tuple[str, ...]) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class Backends:
+    """The key store, state store and compute of a deployment, and its server secrets.
+
+    The secrets are read on first use (for AWS: one SSM call) and kept: the
+    container never reads the pepper or cookie key, the edge never the sealing key.
+    """
+
+    def __init__(self, keys: KeyStore, state: StateStore, compute: Compute,
+                 secrets: SecretSource, overrides: dict[str, bytes] | None = None,
+                 api: Clients | None = None) -> None:
+        self.keys = keys
+        self.state = state
+        self.compute = compute
+        self.secrets = secrets
+        self.api = api
+        self._known: dict[str, bytes] = dict(overrides or {})
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return (f"Backends(keys={type(self.keys).__name__}, state={type(self.state).__name__}, "
+                f"compute={type(self.compute).__name__})")
+
+    def _secret(self, name: str, create: bool = True) -> bytes | None:
+        with self._lock:
+            value = self._known.get(name)
+            if value is None:
+                value = self.secrets.get(name, create)
+                if value is not None:
+                    self._known[name] = value
+            return value
+
+    @property
+    def pepper(self) -> bytes:
+        """Keys the API-key hashes; never leaves the server."""
+        value = self._secret("pepper")
+        assert value is not None
+        return value
+
+    @property
+    def session_secret(self) -> bytes:
+        """Signs the session cookies; never leaves the server."""
+        value = self._secret("session_secret")
+        assert value is not None
+        return value
+
+    def sealing_key(self, create: bool = True) -> bytes | None:
+        """Opens provider credentials. Without ``create``: None if none was ever made
+        (so nothing can have been sealed)."""
+        return self._secret("sealing_key", create)
+
+    async def warm(self) -> None:
+        """Load the AWS library and open the DynamoDB and EC2 clients now (the edge's
+        start-up: about 0.9 s that the first request would otherwise wait for)."""
+        if self.api is not None:
+            await self.api.warm(("dynamodb", "ec2"))
+
+    async def aclose(self) -> None:
+        """Close the AWS clients of the running event loop (the edge at shutdown)."""
+        if self.api is not None:
+            await self.api.aclose()

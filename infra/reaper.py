@@ -3,7 +3,7 @@
 A healthy container puts itself to sleep when its idle deadline passes. One that
 hangs would run (and cost) forever, so the reaper — run by ``ocedge reap`` and, on
 AWS, by a scheduled function — stops any container whose deadline passed more than
-a grace period ago, and clears a start that never came up.
+a grace period ago, and clears a start (or stop) that never finished.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from infra.interfaces import RUNNING, STARTING, STOPPING, Compute, StateStore
+from infra.interfaces import Status
 from infra.lifecycle import Lifecycle
 
 log = logging.getLogger("ocedge.reaper")
@@ -23,26 +23,29 @@ DEFAULT_GRACE = 300.0
 @dataclass(frozen=True)
 class ReapResult:
     reaped: bool
-    status: str
+    status: Status
     detail: str
 
 
-async def reap(state: StateStore, compute: Compute, grace: float = DEFAULT_GRACE,
-               start_timeout: float = 600.0, now: float | None = None) -> ReapResult:
+async def reap(lifecycle: Lifecycle, grace: float = DEFAULT_GRACE,
+               now: float | None = None) -> ReapResult:
+    """Stop the container if it is overdue: running ``grace`` seconds past its
+    deadline while not busy, or starting/stopping for longer than the lifecycle's
+    ``start_timeout``."""
     now = time.time() if now is None else now
-    current = await state.get()
+    current = await lifecycle.state.get()
     overdue = (
-        (current.status == RUNNING and current.deadline is not None
+        (current.status == Status.RUNNING and current.deadline is not None
          and now > current.deadline + grace and not current.busy)
-        or (current.status in (STARTING, STOPPING) and now > current.since + start_timeout)
+        or (current.status in (Status.STARTING, Status.STOPPING)
+            and now > current.since + lifecycle.start_timeout)
     )
     if not overdue:
         return ReapResult(False, current.status, "nothing to reap")
     log.warning("reaping generation %d (%s since %.0f)", current.generation, current.status,
                 current.since)
-    await compute.stop()
     reason = (f"reaped: still {current.status} {now - current.since:.0f} s after its "
-              f"deadline" if current.status == RUNNING else
+              f"deadline" if current.status == Status.RUNNING else
               f"reaped: stuck {current.status} for {now - current.since:.0f} s")
-    await Lifecycle(state).mark_failed_if(current, reason)
+    await lifecycle.abort(current, reason)
     return ReapResult(True, current.status, reason)

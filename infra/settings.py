@@ -116,6 +116,11 @@ class Settings:
 
     log_level: str = "INFO"
 
+    def __post_init__(self) -> None:
+        # Every construction validates (from_env, with_overrides, a test's Settings(...)):
+        # each rule is checked here and nowhere else.
+        self._validate()
+
     @property
     def workspace_path(self) -> Path:
         """Where opencode's project lives (the mount point when the workspace is S3)."""
@@ -126,6 +131,7 @@ class Settings:
         return self.opencode_data_dir or self.state_dir / "opencode"
 
     def with_overrides(self, **changes: Any) -> Settings:
+        """These settings with ``changes`` (field names) applied; validated like any other."""
         return replace(self, **changes)
 
     def child_env(self) -> dict[str, str]:
@@ -174,7 +180,6 @@ class Settings:
         values["system_env"] = {k: v for k, v in env.items()
                                 if k in _SYSTEM or k.lower().startswith("npm_config_")}
         settings = cls(**values)
-        settings._validate()
         if not settings.opencode_bin:
             settings = replace(settings, opencode_bin=find_opencode())
         return settings

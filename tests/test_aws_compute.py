@@ -16,13 +16,13 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from edge.wake import Waker
 from infra.aws.client import AioApi, AwsApi, AwsError, Boto3Api
 from infra.aws.compute import EC2Compute
 from infra.aws.reaper_lambda import handler as reaper_handler
 from infra.aws.state import DynamoDBStateStore
-from infra.interfaces import FAILED, RUNNING, STARTING, STOPPED, STOPPING, BackendError, ContainerState
-from infra.lifecycle import Deadline, Lifecycle
+from infra.deadline import Deadline
+from infra.interfaces import BackendError, ContainerState, Status
+from infra.lifecycle import Lifecycle
 from tests.support.aws import (
     REGION,
     STATE_TABLE,
@@ -129,7 +129,7 @@ def test_stop_while_pending_retries_until_ec2_accepts_it(ec2: Any) -> None:
     asyncio.run(compute.stop())
     assert api.calls["stop_instances"] == 3
     assert instance_state(ec2, instance) == "stopped"
-    assert asyncio.run(compute.wait_stopped(1)) == "stopped"
+    assert asyncio.run(compute.state())[0] == "stopped"
 
 
 def test_a_start_that_loses_a_race_looks_again(ec2: Any) -> None:
@@ -162,26 +162,25 @@ def test_wake_run_sleep_cycle_through_ec2_and_dynamodb(ec2: Any) -> None:
     instance = create_instance(ec2)
     compute, _ = _compute(instance)
     store = DynamoDBStateStore(Boto3Api(REGION, None), STATE_TABLE)
-    edge, container = Lifecycle(store), Lifecycle(store)
+    edge, container = Lifecycle(store, owner="edge"), Lifecycle(store, owner="container")
 
     async def cycle() -> None:
         # The edge takes the start lease and powers the instance on.
-        lease = await edge.begin_start("edge")
-        assert lease is not None and lease.status == STARTING
-        assert await edge.begin_start("another edge") is None
+        lease = await edge.begin_start()
+        assert lease is not None and lease.status == Status.STARTING
+        assert await Lifecycle(store, owner="another edge").begin_start() is None
         assert instance_state(ec2, instance) == "stopped"
         await compute.start()
         assert instance_state(ec2, instance) == "running"
-        assert (await store.get()).status == STARTING
+        assert (await store.get()).status == Status.STARTING
 
         # The container boots and registers itself under a new generation.
         running = await container.register_running("203.0.113.7:8443", "internal",
-                                                   "-----BEGIN CERTIFICATE-----\n", 600,
-                                                   "container")
+                                                   "-----BEGIN CERTIFICATE-----\n", 600)
         assert running.generation == lease.generation + 1
         current = await store.get()
         assert (current.status, current.endpoint, current.cert_pem) == (
-            RUNNING, "203.0.113.7:8443", "-----BEGIN CERTIFICATE-----\n")
+            Status.RUNNING, "203.0.113.7:8443", "-----BEGIN CERTIFICATE-----\n")
 
         # Activity renews the idle deadline (never backwards).
         assert running.deadline is not None
@@ -194,17 +193,17 @@ def test_wake_run_sleep_cycle_through_ec2_and_dynamodb(ec2: Any) -> None:
 
         # Idle: the container checkpoints and says so, then the host powers off.
         assert await container.mark_stopping(running.generation) is not None
-        assert (await store.get()).status == STOPPING
+        assert (await store.get()).status == Status.STOPPING
         assert instance_state(ec2, instance) == "running"
         stopped = await container.mark_stopped(running.generation)
-        assert stopped is not None and stopped.status == STOPPED
+        assert stopped is not None and stopped.status == Status.STOPPED
         await compute.stop()
         assert instance_state(ec2, instance) == "stopped"
         final = await store.get()
-        assert (final.status, final.endpoint, final.credential) == (STOPPED, None, None)
+        assert (final.status, final.endpoint, final.credential) == (Status.STOPPED, None, None)
 
         # And it wakes again, under a newer generation.
-        again = await edge.begin_start("edge")
+        again = await edge.begin_start()
         assert again is not None and again.generation > running.generation
         await compute.start()
         assert instance_state(ec2, instance) == "running"
@@ -218,13 +217,13 @@ def test_the_reaper_lambda_stops_a_container_past_its_deadline(ec2: Any) -> None
     deployment = Deployment("s", "unused", STATE_TABLE, instance, "/unused")
     settings = aws_settings(None, deployment)
     store = DynamoDBStateStore(Boto3Api(REGION, None), STATE_TABLE)
-    hung = ContainerState(status=RUNNING, generation=3, since=time.time() - 7200,
+    hung = ContainerState(status=Status.RUNNING, generation=3, since=time.time() - 7200,
                           endpoint="203.0.113.7:8443", deadline=time.time() - 3600)
     asyncio.run(store.put_if(0, hung))
     assert reaper_handler({"grace": 60}, None, settings=settings)["reaped"] is True
     assert instance_state(ec2, instance) == "stopped"
     after = asyncio.run(store.get())
-    assert after.status == FAILED and after.reason and "reaped" in after.reason
+    assert after.status == Status.FAILED and after.reason and "reaped" in after.reason
     # Nothing left to do the second time.
     assert reaper_handler({}, None, settings=settings)["reaped"] is False
 
@@ -240,10 +239,11 @@ def test_concurrent_wakes_start_the_instance_once(moto: MotoServer) -> None:
         # Six edges (Lambda instances), each with its own clients, eight requests each.
         apis = [CountingApi(AioApi(REGION, moto.url)) for _ in range(6)]
         computes = [EC2Compute(api, instance, poll=0.05) for api in apis]
-        lifecycles = [Lifecycle(DynamoDBStateStore(api, STATE_TABLE)) for api in apis]
+        lifecycles = [Lifecycle(DynamoDBStateStore(api, STATE_TABLE), owner=f"edge-{n}")
+                      for n, api in enumerate(apis)]
 
         async def request(n: int) -> bool:
-            lease = await lifecycles[n % 6].begin_start(f"edge-{n % 6}")
+            lease = await lifecycles[n % 6].begin_start()
             if lease is not None:
                 await computes[n % 6].start()
             return lease is not None
@@ -260,7 +260,7 @@ def test_concurrent_wakes_start_the_instance_once(moto: MotoServer) -> None:
     assert writes >= 2, "the racers never met at the conditional write"
     assert instance_state(moto.client("ec2"), instance) == "running"
     state = asyncio.run(DynamoDBStateStore(Boto3Api(REGION, moto.url), STATE_TABLE).get())
-    assert (state.status, state.generation) == (STARTING, 1)
+    assert (state.status, state.generation) == (Status.STARTING, 1)
 
 
 def test_concurrent_wakers_across_edges_start_once_and_all_see_it_running(
@@ -270,20 +270,21 @@ def test_concurrent_wakers_across_edges_start_once_and_all_see_it_running(
 
     async def scenario() -> tuple[list[str], int]:
         apis = [CountingApi(AioApi(REGION, moto.url)) for _ in range(4)]
-        wakers = [Waker(DynamoDBStateStore(api, STATE_TABLE),
-                        EC2Compute(api, instance, poll=0.05), start_timeout=60)
-                  for api in apis]
+        wakers = [Lifecycle(DynamoDBStateStore(api, STATE_TABLE),
+                            EC2Compute(api, instance, poll=0.05), owner=f"edge-{n}",
+                            start_timeout=60)
+                  for n, api in enumerate(apis)]
 
         async def boot_container() -> None:
             # The instance boots and the container registers, as on EC2.
             while instance_state(moto.client("ec2"), instance) != "running":
                 await asyncio.sleep(0.05)
             await asyncio.sleep(0.2)
-            await Lifecycle(DynamoDBStateStore(apis[0], STATE_TABLE)).register_running(
-                "203.0.113.7:8443", "internal", None, 600, "container")
+            container = Lifecycle(DynamoDBStateStore(apis[0], STATE_TABLE), owner="container")
+            await container.register_running("203.0.113.7:8443", "internal", None, 600)
 
         booting = asyncio.ensure_future(boot_container())
-        results = await asyncio.gather(*(wakers[n % 4].ensure_running(30) for n in range(20)))
+        results = await asyncio.gather(*(wakers[n % 4].wake(30) for n in range(20)))
         await booting
         starts = sum(api.calls.get("start_instances", 0) for api in apis)
         for api in apis:
@@ -292,4 +293,4 @@ def test_concurrent_wakers_across_edges_start_once_and_all_see_it_running(
 
     statuses, starts = asyncio.run(scenario())
     assert starts == 1
-    assert set(statuses) == {RUNNING}
+    assert set(statuses) == {Status.RUNNING}

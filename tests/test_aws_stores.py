@@ -27,9 +27,9 @@ from infra.aws.keys import DynamoDBKeyStore
 from infra.aws.secrets import ServerSecrets, SsmSecrets
 from infra.aws.stack import resolve
 from infra.aws.state import DynamoDBStateStore
-from infra.backends import open_backends
+from infra.backends import backends_for_tools
 from infra.credentials import mint_api_key
-from infra.interfaces import RUNNING, STARTING, STOPPED, AdminUser, BackendError, ContainerState
+from infra.interfaces import AdminUser, BackendError, ContainerState, Status
 from infra.lifecycle import Lifecycle
 from tests.support.aws import (
     KEYS_TABLE,
@@ -133,51 +133,54 @@ def test_an_empty_state_table_reads_as_stopped_generation_zero(aws: Boto3Api) ->
 
 def test_every_field_of_the_state_item_round_trips(aws: Boto3Api) -> None:
     state = DynamoDBStateStore(aws, STATE_TABLE)
-    full = ContainerState(status=RUNNING, generation=1, since=1.5, endpoint="10.0.0.1:8443",
+    full = ContainerState(status=Status.RUNNING, generation=1, since=1.5, endpoint="10.0.0.1:8443",
                           credential="internal", cert_pem="-----BEGIN CERTIFICATE-----\n",
                           deadline=99.25, last_activity=42.0, lease_owner="edge:1",
                           reason=None, busy=True)
     assert asyncio.run(state.put_if(0, full)) is True
     assert asyncio.run(state.get()) == full
-    cleared = dataclasses.replace(full, status=STOPPED, generation=2, endpoint=None,
+    cleared = dataclasses.replace(full, status=Status.STOPPED, generation=2, endpoint=None,
                                   credential=None, cert_pem=None, busy=False, reason="why")
     assert asyncio.run(state.put_if(1, cleared)) is True
-    assert asyncio.run(state.get()) == cleared
+    read = asyncio.run(state.get())
+    assert read == cleared
+    assert type(read.status) is Status  # read back as the enum, not a bare string
 
 
 def test_put_if_needs_the_expected_generation_and_status(aws: Boto3Api) -> None:
     state = DynamoDBStateStore(aws, STATE_TABLE)
-    starting = ContainerState(status=STARTING, generation=1, lease_owner="a")
+    starting = ContainerState(status=Status.STARTING, generation=1, lease_owner="a")
     # No item yet: it is stopped at generation 0, so "expected running" fails.
-    assert asyncio.run(state.put_if(0, starting, (RUNNING,))) is False
-    assert asyncio.run(state.put_if(0, starting, (STOPPED,))) is True
-    assert asyncio.run(state.put_if(0, starting, (STOPPED,))) is False  # generation moved on
-    running = dataclasses.replace(starting, status=RUNNING, generation=2)
-    assert asyncio.run(state.put_if(1, running, (STOPPED,))) is False  # status differs
-    assert asyncio.run(state.put_if(1, running, (STARTING, STOPPED))) is True
+    assert asyncio.run(state.put_if(0, starting, (Status.RUNNING,))) is False
+    assert asyncio.run(state.put_if(0, starting, (Status.STOPPED,))) is True
+    assert asyncio.run(state.put_if(0, starting, (Status.STOPPED,))) is False  # generation moved on
+    running = dataclasses.replace(starting, status=Status.RUNNING, generation=2)
+    assert asyncio.run(state.put_if(1, running, (Status.STOPPED,))) is False  # status differs
+    assert asyncio.run(state.put_if(1, running, (Status.STARTING, Status.STOPPED))) is True
     assert asyncio.run(state.get()) == running
 
 
 def test_the_deadline_only_moves_up_and_only_for_the_running_generation(aws: Boto3Api) -> None:
     state = DynamoDBStateStore(aws, STATE_TABLE)
     assert asyncio.run(state.extend_deadline(0, 500.0, 1.0, "edge")) is False  # not running
-    asyncio.run(state.put_if(0, ContainerState(status=RUNNING, generation=1, deadline=100.0)))
+    asyncio.run(state.put_if(0, ContainerState(status=Status.RUNNING, generation=1, deadline=100.0)))
     assert asyncio.run(state.extend_deadline(1, 200.0, 2.0, "edge")) is True
     assert asyncio.run(state.extend_deadline(1, 150.0, 3.0, "container")) is False
     assert asyncio.run(state.extend_deadline(1, 200.0, 3.0, "container")) is False
     assert asyncio.run(state.extend_deadline(0, 900.0, 3.0, "stale")) is False
     current = asyncio.run(state.get())
     assert (current.deadline, current.last_activity) == (200.0, 2.0)
-    asyncio.run(state.put_if(1, dataclasses.replace(current, status="stopping")))
+    asyncio.run(state.put_if(1, dataclasses.replace(current, status=Status.STOPPING)))
     assert asyncio.run(state.extend_deadline(1, 900.0, 4.0, "edge")) is False
 
 
 def test_a_stale_generation_is_rejected_and_never_overwrites_the_newer(aws: Boto3Api) -> None:
-    lifecycle = Lifecycle(DynamoDBStateStore(aws, STATE_TABLE))
-    old = asyncio.run(lifecycle.register_running("10.0.0.1:8443", "old", None, 600, "old"))
-    new = asyncio.run(lifecycle.register_running("10.0.0.2:8443", "new", None, 600, "new"))
+    store = DynamoDBStateStore(aws, STATE_TABLE)
+    lifecycle = Lifecycle(store, owner="old")
+    old = asyncio.run(lifecycle.register_running("10.0.0.1:8443", "old", None, 600))
+    new = asyncio.run(Lifecycle(store, owner="new").register_running(
+        "10.0.0.2:8443", "new", None, 600))
     assert new.generation > old.generation
-    store = lifecycle.store
     assert asyncio.run(lifecycle.update(old.generation, busy=True)) is None
     assert asyncio.run(store.extend_deadline(old.generation, 1e12, 1.0, "old")) is False
     assert asyncio.run(lifecycle.mark_stopping(old.generation)) is None
@@ -237,15 +240,15 @@ def test_the_stack_outputs_name_every_resource(aws: Boto3Api) -> None:
                               boto3.client("ec2", region_name=REGION))
     settings = aws_settings(None, stack=deployment.stack, backend="local")
     resolved = resolve(settings)
-    assert resolved.backend == "aws"
+    assert (resolved.backend, resolved.workspace) == ("aws", "s3")
     assert (resolved.keys_table, resolved.state_table, resolved.instance_id,
             resolved.secrets_parameter, resolved.s3_bucket, resolved.stream_url) == (
         KEYS_TABLE, STATE_TABLE, deployment.instance_id, SECRETS_PARAMETER,
         "ocedge-test-workspace", WEB_URL)
     # An explicit setting wins over the output.
     assert resolve(settings.with_overrides(keys_table="mine")).keys_table == "mine"
-    # And open_backends follows the stack by itself.
-    backends = open_backends(settings)
+    # And the backends follow the stack by themselves.
+    backends = backends_for_tools(settings)
     assert asyncio.run(backends.state.get()) == ContainerState()
 
 
@@ -258,7 +261,7 @@ def test_aws_backends_need_their_table_names() -> None:
     from infra.settings import SettingsError
 
     with pytest.raises(SettingsError, match="OCEDGE_KEYS_TABLE and OCEDGE_STATE_TABLE"):
-        open_backends(aws_settings(None))
+        backends_for_tools(aws_settings(None))
 
 
 def test_importing_the_backends_loads_no_aws_library() -> None:
@@ -323,8 +326,8 @@ def test_one_aiobotocore_api_serves_its_loop_and_any_other(moto: MotoServer) -> 
     try:
         assert loop.run_until_complete(serve()) == ContainerState()
         # Another loop meanwhile (a shutdown's asyncio.run) gets a client of its own.
-        assert asyncio.run(store.put_if(0, ContainerState(status=STARTING, generation=1)))
-        assert loop.run_until_complete(store.get()).status == STARTING
+        assert asyncio.run(store.put_if(0, ContainerState(status=Status.STARTING, generation=1)))
+        assert loop.run_until_complete(store.get()).status == Status.STARTING
         loop.run_until_complete(api.aclose())
     finally:
         loop.close()

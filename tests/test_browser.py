@@ -29,6 +29,7 @@ from tests.support.browser import (
 )
 from tests.support.edge import EdgeServer, make_settings
 from tests.support.fake_model import FakeModelServer, reply_for, title_for
+from tests.support.lifecycle import launches as launched
 
 pytestmark = pytest.mark.browser
 
@@ -145,7 +146,7 @@ def test_without_credentials_the_browser_is_asked_to_log_in(ui_edge: EdgeServer,
     expect(wrong.get_by_text("Those credentials are not valid")).to_be_visible()
     assert not [c for c in wrong.context.cookies() if c["name"] == "ocedge_session"]
     # Nobody got in, so nothing was woken.
-    assert ui_edge.edge.backends.compute.launches() == 0  # type: ignore[attr-defined]
+    assert launched(ui_edge) == 0
 
 
 def test_the_opencode_ui_works_through_the_edge(ui_edge: EdgeServer,
@@ -232,8 +233,7 @@ def _sleep_with_the_page_open(page: Page, edge: EdgeServer, observe: float) -> i
     """Leave ``page`` alone until the container sleeps and ``observe`` seconds more;
     check that its polls and reconnects neither keep it awake nor wake it. Returns
     the launch count."""
-    compute = edge.edge.backends.compute
-    launches = compute.launches()  # type: ignore[attr-defined]
+    launches = launched(edge)
     answers = _record_answers(page)
     left = time.monotonic()
     wait_until(page, lambda: container_state(edge).status == "stopped", IDLE_TIMEOUT + 15,
@@ -244,7 +244,7 @@ def _sleep_with_the_page_open(page: Page, edge: EdgeServer, observe: float) -> i
     asleep_since = time.monotonic()
     page.wait_for_timeout(observe * 1000)
     assert container_state(edge).status == "stopped", "the open page woke the container"
-    assert compute.launches() == launches, "the open page started the container again"  # type: ignore[attr-defined]
+    assert launched(edge) == launches, "the open page started the container again"
     # The page really did keep calling the edge meanwhile, and was told it sleeps.
     refused = [url for at, url, status in answers if at > asleep_since and status == 503]
     assert refused, f"the page made no requests while the container slept: {answers[-5:]}"
@@ -266,7 +266,7 @@ def test_an_idle_open_ui_lets_the_container_sleep_and_a_reload_wakes_it(
     response = page.reload(timeout=START_MS)
     assert response is not None and response.status == 200
     assert container_state(sleepy_edge).status == "running"
-    assert sleepy_edge.edge.backends.compute.launches() == launches + 1  # type: ignore[attr-defined]
+    assert launched(sleepy_edge) == launches + 1
     # The UI is back with the session from before the sleep: listed in the tabs,
     # its conversation on the page.
     expect(page.get_by_role("link", name=title).first).to_be_visible(timeout=30_000)
@@ -287,7 +287,7 @@ def test_a_prompt_from_an_open_page_wakes_the_sleeping_container(
                               timeout=START_MS) as posted:
         send_prompt(page, prompt)
     assert posted.value.status < 300, f"the prompt got {posted.value.status}"
-    assert sleepy_edge.edge.backends.compute.launches() == launches + 1  # type: ignore[attr-defined]
+    assert launched(sleepy_edge) == launches + 1
     assert container_state(sleepy_edge).status == "running"
     expect(page.get_by_text(prompt, exact=True).first).to_be_visible()
     # The prompt ran: its reply is in the session, as an API client reads it.
@@ -334,7 +334,7 @@ def test_a_sleeping_workspace_shows_the_waking_page_then_the_ui(
         expect(page.get_by_role("heading", name="Starting your workspace")).to_have_count(0)
         assert page.url.rstrip("/") == edge.url
         assert container_state(edge).status == "running"
-        assert edge.edge.backends.compute.launches() == 1  # type: ignore[attr-defined]
+        assert launched(edge) == 1
 
 
 def test_a_failed_start_shows_why_on_the_waking_page(

@@ -5,27 +5,17 @@ Most tests run the installed console script as a subprocess, as a user would."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.support.cli import OCEDGE, ocedge
 from tests.support.edge import EdgeServer
 
-OCEDGE = Path(sys.executable).parent / "ocedge"
 KEY_RE = re.compile(r"^oce_([0-9A-Za-z]+)_([0-9A-Za-z]{43,})$")
-
-
-def ocedge(*argv: str, cwd: Path, env: dict[str, str] | None = None,
-           stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("OCEDGE_")}
-    return subprocess.run([str(OCEDGE), *argv], cwd=cwd, env=clean | (env or {}), input=stdin,
-                          capture_output=True, text=True, timeout=60, check=False)
 
 
 def create_key(state_dir: Path, cwd: Path, *extra: str) -> dict[str, object]:
@@ -133,7 +123,7 @@ def test_bad_expiry_is_refused_and_creates_nothing(state_dir: Path, tmp_path: Pa
 
 def test_empty_expiry_is_refused_not_a_key_that_never_expires(state_dir: Path,
                                                                tmp_path: Path) -> None:
-    # Regression (fixed): infra/cli.py keys_create tests `if args.expires`, so `--expires ""` (say, an
+    # Regression (fixed): `ocedge keys create` tested `if args.expires`, so `--expires ""` (say, an
     # unset "$TTL" in a script) silently mints a key that never expires.
     done = ocedge("keys", "create", "--name", "laptop", "--expires", "", "--state-dir",
                   str(state_dir), cwd=tmp_path)

@@ -12,18 +12,18 @@ from pathlib import Path
 
 import httpx
 
-from infra.backends import open_backends
-from infra.interfaces import ContainerState
+from infra.backends import backends_for_tools
+from infra.interfaces import ContainerState, Status
 from infra.lifecycle import Lifecycle
 from infra.settings import Settings
 from tests.support.edge import make_settings
 
 
 def _state(settings: Settings) -> ContainerState:
-    return asyncio.run(open_backends(settings).state.get())
+    return asyncio.run(backends_for_tools(settings).state.get())
 
 
-def _wait_for(settings: Settings, status: str, timeout: float = 60) -> ContainerState:
+def _wait_for(settings: Settings, status: Status, timeout: float = 60) -> ContainerState:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         current = _state(settings)
@@ -45,7 +45,7 @@ def test_container_registers_opencode_and_sleeps_on_sigterm(state_dir: Path,
         opencode_env={"OPENCODE_CONFIG_CONTENT": json.dumps(marker)})
     proc = _start(settings)
     try:
-        running = _wait_for(settings, "running")
+        running = _wait_for(settings, Status.RUNNING)
         assert running.endpoint and running.endpoint.startswith("127.0.0.1:")
         url = f"http://{running.endpoint}"
         assert httpx.get(f"{url}/global/health", timeout=5).status_code == 401
@@ -59,7 +59,7 @@ def test_container_registers_opencode_and_sleeps_on_sigterm(state_dir: Path,
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0, proc.stdout.read() if proc.stdout else ""
         stopped = _state(settings)
-        assert stopped.status == "stopped" and stopped.reason is None
+        assert stopped.status == Status.STOPPED and stopped.reason is None
         assert stopped.endpoint is None and stopped.credential is None
         # opencode itself is gone with it.
         try:
@@ -75,14 +75,14 @@ def test_container_registers_opencode_and_sleeps_on_sigterm(state_dir: Path,
 
 def test_container_with_missing_opencode_fails_clearly(state_dir: Path) -> None:
     settings = make_settings(state_dir, opencode_bin=str(state_dir / "no-such-opencode"))
-    backends = open_backends(settings)
-    asyncio.run(Lifecycle(backends.state).begin_start("test"))
+    backends = backends_for_tools(settings)
+    asyncio.run(Lifecycle(backends.state, owner="test").begin_start())
     proc = _start(settings)
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 1
     assert "opencode binary was not found" in out
     failed = _state(settings)
-    assert failed.status == "failed"
+    assert failed.status == Status.FAILED
     assert failed.reason and "not found" in failed.reason
 
 
@@ -91,7 +91,7 @@ def test_crashed_opencode_makes_the_container_exit_nonzero(state_dir: Path,
     settings = make_settings(state_dir)
     proc = _start(settings)
     try:
-        _wait_for(settings, "running")
+        _wait_for(settings, Status.RUNNING)
         # Kill opencode (the container's child), not the container, as a crash would.
         pids = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
                               text=True).stdout.split()
@@ -100,7 +100,7 @@ def test_crashed_opencode_makes_the_container_exit_nonzero(state_dir: Path,
             subprocess.run(["kill", "-9", pid], check=False)
         assert proc.wait(timeout=30) != 0
         failed = _state(settings)
-        assert failed.status == "failed" and "crashed" in (failed.reason or "")
+        assert failed.status == Status.FAILED and "crashed" in (failed.reason or "")
     finally:
         if proc.poll() is None:
             proc.kill()

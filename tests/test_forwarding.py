@@ -19,6 +19,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as ws_connect
 
+from infra.net import free_port
 from tests.support.capture import (
     INTERNAL_SECRET,
     CaptureServer,
@@ -26,7 +27,7 @@ from tests.support.capture import (
     big_body,
     running_capture,
 )
-from tests.support.edge import ADMIN_PASSWORD, EdgeServer, free_port, make_settings, running_edge
+from tests.support.edge import ADMIN_PASSWORD, EdgeServer, make_settings, running_edge
 
 BROWSER = {"Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document",
            "User-Agent": "Mozilla/5.0 (X11; Linux x86_64) Chrome/126.0 Safari/537.36"}

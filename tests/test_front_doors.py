@@ -19,16 +19,17 @@ import httpx
 import pytest
 
 from edge.lambda_api import build_handler
-from infra.backends import open_backends
+from infra.backends import backends_for_tools
 from infra.credentials import mint_api_key
 from infra.lifecycle import Lifecycle
+from infra.net import free_port
 from tests.support.capture import (
     INTERNAL_SECRET,
     CaptureServer,
     event_arrivals,
     running_capture,
 )
-from tests.support.edge import ADMIN_PASSWORD, free_port, make_settings
+from tests.support.edge import ADMIN_PASSWORD, make_settings
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,11 +59,11 @@ def api(state_dir: Path, capture: CaptureServer) -> Iterator[tuple[Any, str]]:
     """The Mangum handler over local backends, with the capture server as container."""
     settings = make_settings(state_dir, stream_url=STREAM_URL, trust_forwarded=True,
                              cookie_secure="true")
-    backends = open_backends(settings)
+    backends = backends_for_tools(settings)
     new = mint_api_key("api", backends.pepper)
     asyncio.run(backends.keys.put_key(new.record))
-    asyncio.run(Lifecycle(backends.state).register_running(
-        f"127.0.0.1:{capture.port}", INTERNAL_SECRET, None, 600, "test"))
+    asyncio.run(Lifecycle(backends.state, owner="test").register_running(
+        f"127.0.0.1:{capture.port}", INTERNAL_SECRET, None, 600))
     yield build_handler(settings), new.key
 
 
@@ -132,11 +133,11 @@ def test_streaming_entry_under_uvicorn_streams_sse(state_dir: Path,
                                                    capture: CaptureServer) -> None:
     """edge/lambda_stream.sh, run the way Lambda Web Adapter runs it."""
     settings = make_settings(state_dir)
-    backends = open_backends(settings)
+    backends = backends_for_tools(settings)
     new = mint_api_key("stream", backends.pepper)
     asyncio.run(backends.keys.put_key(new.record))
-    asyncio.run(Lifecycle(backends.state).register_running(
-        f"127.0.0.1:{capture.port}", INTERNAL_SECRET, None, 600, "test"))
+    asyncio.run(Lifecycle(backends.state, owner="test").register_running(
+        f"127.0.0.1:{capture.port}", INTERNAL_SECRET, None, 600))
     port = free_port()
     env = {**settings.child_env(), "OCEDGE_ADMIN_PASSWORD": ADMIN_PASSWORD,
            "AWS_LWA_PORT": str(port), "PATH": f"{Path(sys.executable).parent}:"

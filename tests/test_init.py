@@ -9,21 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import functools
 import json
 import os
 import re
 import subprocess
-import sys
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
-import tests.support.edge as edge_support
 from infra.aws.client import AioApi
-from infra.backends import open_backends
+from infra.backends import backends_for_tools
 from infra.settings import Settings
+from tests.support import cli
 from tests.support.aws import (
     FAKE_CREDENTIALS,
     REGION,
@@ -51,13 +49,10 @@ def basic(user: str, password: str) -> dict[str, str]:
 
 def ocedge(moto: MotoServer, *argv: str, stdin: str = "",
            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """The ocedge CLI in its own process, as a user runs it against the stack."""
-    environ = {"PATH": os.environ.get("PATH", os.defpath), "HOME": os.environ.get("HOME", "/"),
-               **FAKE_CREDENTIALS, "OCEDGE_AWS_ENDPOINT": moto.url,
-               "OCEDGE_AWS_REGION": REGION, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "tests.support.aws", "ocedge", *argv],
-                          input=stdin, capture_output=True, text=True, timeout=120,
-                          env=environ)
+    """The installed ocedge in its own process, as a user runs it against the stack."""
+    return cli.ocedge(*argv, stdin=stdin, timeout=120, env={
+        **FAKE_CREDENTIALS, "OCEDGE_AWS_ENDPOINT": moto.url, "OCEDGE_AWS_REGION": REGION,
+        **(env or {})})
 
 
 def get(edge: EdgeServer, path: str, headers: dict[str, str] | None = None) -> httpx.Response:
@@ -71,11 +66,8 @@ def deployment(moto: MotoServer) -> Deployment:
 
 
 @pytest.fixture
-def aws_edge(moto: MotoServer, deployment: Deployment,
-             monkeypatch: pytest.MonkeyPatch) -> Iterator[EdgeServer]:
+def aws_edge(moto: MotoServer, deployment: Deployment) -> Iterator[EdgeServer]:
     """The edge as the Lambda runs it: AWS backends on aiobotocore, names from its env."""
-    monkeypatch.setattr(edge_support, "open_backends",
-                        functools.partial(open_backends, aws_client="aiobotocore"))
     with running_edge(aws_settings(moto.url, deployment)) as server:
         assert isinstance(server.edge.backends.api, AioApi)
         yield server
@@ -163,11 +155,9 @@ def test_init_with_a_missing_table_names_it(moto: MotoServer, deployment: Deploy
 
 def test_init_works_locally_too(tmp_path: os.PathLike[str]) -> None:
     state_dir = os.path.join(tmp_path, "state")
-    env = {"PATH": os.environ.get("PATH", os.defpath), "HOME": str(tmp_path)}
-    result = subprocess.run(
-        [sys.executable, "-m", "tests.support.aws", "ocedge", "init", "--state-dir", state_dir],
-        input=PASSWORD + "\n", capture_output=True, text=True, timeout=60, env=env)
+    result = cli.ocedge("init", "--state-dir", state_dir, stdin=PASSWORD + "\n",
+                        env={"HOME": str(tmp_path)})
     assert result.returncode == 0, result.stderr
     assert len(KEY_RE.findall(result.stdout)) == 1
     settings = Settings.from_env({"OCEDGE_STATE_DIR": state_dir})
-    assert asyncio.run(open_backends(settings).keys.get_admin()) is not None
+    assert asyncio.run(backends_for_tools(settings).keys.get_admin()) is not None

@@ -7,11 +7,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import secrets
 import stat
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,9 +17,10 @@ import httpx
 import pytest
 
 from container.providers import MARKER, push_provider_keys
-from infra.backends import open_backends
+from infra.backends import backends_for_tools
 from infra.providers import ProviderKeyError, check_provider_id, open_sealed, seal
 from infra.settings import Settings
+from tests.support import cli
 from tests.support.capture import running_capture
 from tests.support.edge import EdgeServer, make_settings
 from tests.support.fake_model import FakeModelServer, opencode_config
@@ -30,10 +29,9 @@ SEALING_KEY = bytes(range(32))
 
 
 def ocedge(state_dir: Path, *argv: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    env = {"PATH": os.environ.get("PATH", os.defpath), "HOME": str(state_dir / "home")}
-    return subprocess.run(
-        [sys.executable, "-m", "tests.support.aws", "ocedge", *argv, "--state-dir",
-         str(state_dir)], input=stdin, capture_output=True, text=True, timeout=60, env=env)
+    """The installed ocedge on ``state_dir``'s deployment."""
+    return cli.ocedge(*argv, "--state-dir", str(state_dir), stdin=stdin,
+                      env={"HOME": str(state_dir / "home")})
 
 
 def provider_key() -> str:
@@ -74,16 +72,16 @@ def test_a_key_must_be_one_line_of_text(key: str) -> None:
 
 
 def test_the_local_sealing_key_is_a_0600_file_made_once(state_dir: Path) -> None:
-    backends = open_backends(make_settings(state_dir))
+    backends = backends_for_tools(make_settings(state_dir))
     assert backends.sealing_key(create=False) is None
     key = backends.sealing_key()
     path = state_dir / "sealing.key"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert open_backends(make_settings(state_dir)).sealing_key(create=False) == key
+    assert backends_for_tools(make_settings(state_dir)).sealing_key(create=False) == key
 
 
 def test_the_local_store_keeps_provider_credentials(state_dir: Path) -> None:
-    keys = open_backends(make_settings(state_dir)).keys
+    keys = backends_for_tools(make_settings(state_dir)).keys
     asyncio.run(keys.put_provider("openai", b"one", 100.0))
     asyncio.run(keys.put_provider("openai", b"two", 200.0))
     asyncio.run(keys.put_provider("anthropic", b"three", 300.0))
@@ -113,7 +111,7 @@ def test_provider_set_list_remove_never_show_the_key(state_dir: Path) -> None:
         assert key not in output.stdout + output.stderr
     # Sealed at rest: the database never holds the key itself.
     assert key.encode() not in (state_dir / "ocedge.db").read_bytes()
-    stored = asyncio.run(open_backends(make_settings(state_dir)).keys.get_provider("openai"))
+    stored = asyncio.run(backends_for_tools(make_settings(state_dir)).keys.get_provider("openai"))
     assert stored is not None
     assert open_sealed((state_dir / "sealing.key").read_bytes(), "openai", stored.sealed) == key
 
@@ -138,7 +136,7 @@ def test_push_gives_opencode_every_key_and_forgets_removed_ones(
         state_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     settings = make_settings(state_dir)
-    backends = open_backends(settings)
+    backends = backends_for_tools(settings)
     openai, anthropic = provider_key(), provider_key()
     sealing_key = backends.sealing_key()
     assert sealing_key is not None
@@ -178,7 +176,7 @@ def test_push_with_no_keys_stored_does_nothing(state_dir: Path) -> None:
     settings = make_settings(state_dir)
     with running_capture() as upstream:
         pushed = asyncio.run(push_provider_keys(
-            settings, open_backends(settings), f"http://127.0.0.1:{upstream.port}",
+            settings, backends_for_tools(settings), f"http://127.0.0.1:{upstream.port}",
             httpx.BasicAuth("opencode", "x")))
         assert pushed == [] and upstream.requests == []
     # Nor did it make a sealing key nobody asked for.
@@ -201,7 +199,7 @@ def _files_containing(root: Path, needle: bytes) -> list[Path]:
 
 
 def _environments(root_pid: int) -> dict[int, bytes]:
-    from container.opencode import descendants
+    from container.child import descendants
 
     found = {}
     for pid in [root_pid, *descendants(root_pid)]:
@@ -227,12 +225,9 @@ def test_byok_key_reaches_the_model_and_never_a_log(
     assert cli.returncode == 0, cli.stderr
     cli_output = cli.stdout + cli.stderr
 
+    # The real container (`python -m container`, the local compute's command) pushes
+    # the provider keys to opencode before it registers.
     edge = EdgeServer(settings)
-    # The container entrypoint, pushing provider keys before it registers.
-    root = str(Path(__file__).resolve().parent.parent)
-    edge.edge.backends.compute.command = [  # type: ignore[attr-defined]
-        sys.executable, "-c", f"import sys; sys.path.insert(0, {root!r}); "
-        "from tests.support.aws import run_container; sys.exit(run_container())"]
     edge.start()
     environments: dict[int, bytes] = {}
     try:

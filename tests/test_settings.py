@@ -9,6 +9,7 @@ import pytest
 
 from infra.settings import Settings, SettingsError
 
+pytestmark = pytest.mark.unit
 
 def test_defaults_need_no_settings() -> None:
     settings = Settings.from_env({})
@@ -168,3 +169,16 @@ def test_overrides_keep_the_rest() -> None:
     assert changed.auth_max_failures == 3
     assert changed.port == 9000
     assert base.auth_max_failures == 10
+
+
+def test_overrides_are_validated_like_the_environment() -> None:
+    base = Settings.from_env({})
+    with pytest.raises(SettingsError, match="OCEDGE_IDLE_TIMEOUT"):
+        base.with_overrides(idle_timeout=0)
+    # The half-configured S3 workspace is refused however the settings were made.
+    with pytest.raises(SettingsError, match="OCEDGE_WORKSPACE=s3"):
+        base.with_overrides(s3_bucket="my-bucket")
+    with pytest.raises(SettingsError, match="OCEDGE_WORKSPACE=s3"):
+        Settings(s3_bucket="my-bucket")
+    both = base.with_overrides(workspace="s3", s3_bucket="my-bucket")
+    assert (both.workspace, both.s3_bucket) == ("s3", "my-bucket")

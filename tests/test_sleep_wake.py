@@ -324,7 +324,7 @@ def test_crashed_opencode_gives_clean_502s_then_recovers_on_the_next_request(
     os.kill(opencode[0], signal.SIGKILL)
 
     # An open tab's poll right after the crash: a clear error at once. (A poll never
-    # wakes anything, so this holds whether or not the container has already
+    # wakes anything, so this holds both before and after the container has
     # recorded the crash: 502 while the state still says running, else 503.)
     with _client(main, BACKGROUND | auth, timeout=30) as tab:
         right_after = tab.get("/session/status")

@@ -16,13 +16,14 @@ import pytest
 from container.gate import Gate
 from container.tls import BootCertificate, make_certificate
 from infra.lifecycle import Lifecycle
+from infra.net import free_port
 from tests.support.capture import (
     INTERNAL_SECRET,
     CaptureServer,
     event_arrivals,
     running_capture,
 )
-from tests.support.edge import ADMIN_PASSWORD, EdgeServer, free_port, make_settings, running_edge
+from tests.support.edge import ADMIN_PASSWORD, EdgeServer, make_settings, running_edge
 from tests.support.fake_model import FakeModelServer
 
 CREDENTIAL_HEADER = b"Basic " + base64.b64encode(f"opencode:{INTERNAL_SECRET}".encode())
@@ -68,8 +69,8 @@ def gate(capture: CaptureServer) -> Iterator[GateThread]:
 
 
 def _register(edge: EdgeServer, port: int, cert_pem: str) -> None:
-    edge.run(Lifecycle(edge.edge.backends.state).register_running(
-        f"127.0.0.1:{port}", INTERNAL_SECRET, cert_pem, 600, "test"))
+    edge.run(Lifecycle(edge.edge.backends.state, owner="test").register_running(
+        f"127.0.0.1:{port}", INTERNAL_SECRET, cert_pem, 600))
 
 
 def test_the_edge_reaches_the_container_through_the_pinned_gate(

@@ -27,20 +27,16 @@ from typing import Any
 import httpx
 import pytest
 
-from container.opencode import descendants
-from container.workspace import (
-    LocalWorkspace,
-    WorkspaceError,
-    check_fuse,
-    fuse_mount_at,
-    open_workspace,
-    tool_path,
-)
-from infra.backends import open_backends
-from infra.interfaces import ContainerState
+from container.child import descendants
+from container.workspace import LocalWorkspace, WorkspaceError, open_workspace
+from container.workspace.fuse import check_fuse, fuse_mount_at
+from container.workspace.tools import tool_path
+from infra.backends import backends_for_tools
+from infra.interfaces import ContainerState, Status
 from infra.lifecycle import Lifecycle
-from infra.settings import Settings
-from tests.support.edge import ADMIN_PASSWORD, free_port, make_settings
+from infra.net import free_port
+from infra.settings import Settings, SettingsError
+from tests.support.edge import ADMIN_PASSWORD, make_settings
 from tests.support.fake_model import FakeModelServer, opencode_config, reply_for
 from tests.support.s3 import CREDENTIALS, MotoServer, moto_server
 
@@ -98,7 +94,7 @@ class Container:
         self.helpers: list[int] = []
 
     def _state(self) -> ContainerState:
-        return asyncio.run(open_backends(self.settings).state.get())
+        return asyncio.run(backends_for_tools(self.settings).state.get())
 
     def start(self, timeout: float = 120) -> Container:
         before = self._state().generation
@@ -110,7 +106,7 @@ class Container:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             current = self._state()
-            if current.status == "running" and current.generation > before:
+            if current.status == Status.RUNNING and current.generation > before:
                 self.state = current
                 self.helpers = descendants(self.process.pid)
                 return self
@@ -428,8 +424,8 @@ def test_a_dying_mount_stops_the_container_with_the_reason(
         assert c.process is not None
         assert c.process.wait(60) == 1
         c._wait_helpers_gone()
-    failed = asyncio.run(open_backends(settings).state.get())
-    assert failed.status == "failed"
+    failed = asyncio.run(backends_for_tools(settings).state.get())
+    assert failed.status == Status.FAILED
     assert "rclone (the workspace mount) exited" in (failed.reason or "")
     assert not fuse_mount_at(settings.workspace_path.resolve())
     with container(settings) as again:
@@ -460,7 +456,7 @@ def test_a_mount_left_by_a_killed_host_is_cleared_at_the_next_start(
 
 
 def _begin_start(settings: Settings) -> None:
-    asyncio.run(Lifecycle(open_backends(settings).state).begin_start("test"))
+    asyncio.run(Lifecycle(backends_for_tools(settings).state, owner="test").begin_start())
 
 
 def _run_to_exit(settings: Settings) -> tuple[int, str]:
@@ -496,8 +492,8 @@ def test_s3_without_fusermount_fails_clearly_and_starts_nothing(
     assert "fusermount" in output and "--device /dev/fuse" in output
     assert "OCEDGE_WORKSPACE=local" in output
     assert "workspace mounted" not in output and "opencode started" not in output
-    failed = asyncio.run(open_backends(settings).state.get())
-    assert failed.status == "failed" and "FUSE is not available" in (failed.reason or "")
+    failed = asyncio.run(backends_for_tools(settings).state.get())
+    assert failed.status == Status.FAILED and "FUSE is not available" in (failed.reason or "")
     assert not fuse_mount_at(settings.workspace_path.resolve())
     assert moto.keys(bucket) == []
 
@@ -522,8 +518,8 @@ def test_a_bucket_that_does_not_exist_fails_clearly_and_leaves_no_mount(
     assert "Check that the bucket exists (OCEDGE_S3_BUCKET)" in output
     assert "opencode started" not in output
     assert not fuse_mount_at(settings.workspace_path.resolve())
-    failed = asyncio.run(open_backends(settings).state.get())
-    assert failed.status == "failed" and "no-such-bucket-here" in (failed.reason or "")
+    failed = asyncio.run(backends_for_tools(settings).state.get())
+    assert failed.status == Status.FAILED and "no-such-bucket-here" in (failed.reason or "")
 
 
 def test_an_endpoint_that_does_not_answer_fails_at_once_by_name(
@@ -540,9 +536,9 @@ def test_an_endpoint_that_does_not_answer_fails_at_once_by_name(
 
 
 def test_an_s3_bucket_without_the_s3_workspace_is_refused(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path, s3_bucket="my-bucket")
-    with pytest.raises(WorkspaceError, match="OCEDGE_WORKSPACE=s3"):
-        open_workspace(settings)
+    # Refused when the settings are made, so no workspace can open on them.
+    with pytest.raises(SettingsError, match="OCEDGE_WORKSPACE=s3"):
+        make_settings(tmp_path, s3_bucket="my-bucket")
 
 
 def test_the_local_workspace_says_it_is_not_saved(tmp_path: Path) -> None:

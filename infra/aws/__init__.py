@@ -1,6 +1,6 @@
 """AWS backends: DynamoDB key and state stores, EC2 compute, SSM server secrets.
 
-Each module implements one of :mod:`infra.interfaces` on AWS; :mod:`infra.backends`
+Each module implements one of :mod:`infra.interfaces` on AWS; :mod:`infra.aws.backends`
 builds them. All AWS calls go through :mod:`infra.aws.client`, which runs them on
 aiobotocore (the edge's request path: one client per service per process) or boto3
 (CLI, container, reaper) behind the same ``call`` so the table logic exists once.
@@ -15,7 +15,7 @@ from the stack's outputs, see :mod:`infra.aws.stack`):
     no indexes, no TTL, no streams
 
     pk="admin"     sk="admin"         username S, password_hash B (argon2id string)
-    pk="apikey"    sk=<key id>        name S, secret_hash B, created N, scopes L<S>,
+    pk="apikey"    sk=<key id>        name S, secret_hash B, created N,
                                       [expires N], [revoked N], [last_used N]
     pk="provider"  sk=<provider id>   sealed B (SecretBox), created N, updated N
 

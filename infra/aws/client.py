@@ -21,11 +21,9 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 from infra.interfaces import BackendError
-
-Flavour = Literal["boto3", "aiobotocore"]
 
 # Short timeouts: an edge request waits on these, and Lambda bills the wait.
 _CONNECT_TIMEOUT = 3
@@ -245,8 +243,3 @@ class AioApi:
         if stack is not None:
             await stack.aclose()
 
-
-def open_api(flavour: Flavour, region: str | None, endpoint: str | None) -> AwsApi:
-    if flavour == "aiobotocore":
-        return AioApi(region, endpoint)
-    return Boto3Api(region, endpoint)

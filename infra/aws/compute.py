@@ -89,7 +89,7 @@ class EC2Compute:
     async def stop(self) -> None:
         """Ask the instance to stop (the OS shuts down, the container checkpoints).
 
-        Returns once EC2 accepted the stop; :meth:`wait_stopped` waits for the end.
+        Returns once EC2 accepted the stop; the container records ``stopped`` when done.
         """
         give_up = time.monotonic() + self.wait_timeout
         while True:
@@ -107,15 +107,6 @@ class EC2Compute:
             if time.monotonic() > give_up:
                 raise BackendError(f"the EC2 instance {self.instance_id} did not accept a stop "
                                    f"within {self.wait_timeout:.0f} s")
-            await asyncio.sleep(self.poll)
-
-    async def wait_stopped(self, timeout: float | None = None) -> str:
-        """Wait until the instance has stopped (or is gone); returns its state."""
-        give_up = time.monotonic() + (self.wait_timeout if timeout is None else timeout)
-        while True:
-            name, _ = await self.state()
-            if name == "stopped" or name in GONE or time.monotonic() > give_up:
-                return name
             await asyncio.sleep(self.poll)
 
     async def describe(self) -> ComputeInfo:

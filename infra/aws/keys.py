@@ -27,8 +27,7 @@ def _record(values: dict[str, Any]) -> ApiKeyRecord:
         id=str(values["sk"]), name=str(values.get("name", "")),
         secret_hash=bytes(values["secret_hash"]), created=float(values["created"]),
         expires=number(values.get("expires")), revoked=number(values.get("revoked")),
-        last_used=number(values.get("last_used")),
-        scopes=tuple(str(s) for s in values.get("scopes", ["all"])))
+        last_used=number(values.get("last_used")))
 
 
 def _provider(values: dict[str, Any]) -> ProviderCredential:
@@ -81,7 +80,7 @@ class DynamoDBKeyStore(DynamoTable):
                 "pk": APIKEY, "sk": record.id, "name": record.name,
                 "secret_hash": record.secret_hash, "created": record.created,
                 "expires": record.expires, "revoked": record.revoked,
-                "last_used": record.last_used, "scopes": list(record.scopes)}),
+                "last_used": record.last_used}),
                 ConditionExpression="attribute_not_exists(pk)")
         except ConditionFailed:
             raise ValueError(f"an API key with id {record.id} exists") from None

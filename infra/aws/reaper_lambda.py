@@ -11,7 +11,8 @@ import asyncio
 import logging
 from typing import Any
 
-from infra.backends import open_backends
+from infra.backends import backends_for_tools
+from infra.lifecycle import Lifecycle, process_owner
 from infra.reaper import DEFAULT_GRACE, reap
 from infra.settings import Settings
 
@@ -24,10 +25,11 @@ def handler(event: Any, context: Any, settings: Settings | None = None) -> dict[
     grace = DEFAULT_GRACE
     if isinstance(event, dict) and isinstance(event.get("grace"), int | float):
         grace = float(event["grace"])
-    backends = open_backends(settings)
+    backends = backends_for_tools(settings)
     # A stuck start on EC2 is a boot plus opencode's start: give it that long.
     start_timeout = max(600.0, settings.opencode_start_timeout + 300.0)
-    result = asyncio.run(reap(backends.state, backends.compute, grace=grace,
-                              start_timeout=start_timeout))
+    lifecycle = Lifecycle(backends.state, backends.compute, owner=process_owner("reaper"),
+                          start_timeout=start_timeout)
+    result = asyncio.run(reap(lifecycle, grace=grace))
     log.info("reaper: %s (%s)", result.detail, result.status)
     return {"reaped": result.reaped, "status": result.status, "detail": result.detail}

@@ -56,6 +56,9 @@ def apply_outputs(settings: Settings, outputs: dict[str, str]) -> Settings:
     for output, setting in OUTPUTS.items():
         if output in outputs and getattr(settings, setting) in (None, ""):
             changes[setting] = outputs[output]
+    if "s3_bucket" in changes:
+        # The stack's bucket holds its workspace (the host runs with OCEDGE_WORKSPACE=s3).
+        changes["workspace"] = "s3"
     return settings.with_overrides(**changes)
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from infra.aws.client import ConditionFailed
 from infra.aws.items import DynamoTable, decode_item, encode, encode_item, number
-from infra.interfaces import RUNNING, STOPPED, ContainerState
+from infra.interfaces import ContainerState, Status
 
 _KEY = {"pk": {"S": "state"}}
 _OPTIONAL_TEXT = ("endpoint", "credential", "cert_pem", "lease_owner", "reason")
@@ -22,7 +22,7 @@ _OPTIONAL_TEXT = ("endpoint", "credential", "cert_pem", "lease_owner", "reason")
 
 def _load(values: dict[str, Any]) -> ContainerState:
     return ContainerState(
-        status=str(values.get("status", STOPPED)),
+        status=Status(values.get("status", Status.STOPPED)),
         generation=int(values.get("generation", 0)),
         since=float(values.get("since", 0.0)),
         deadline=number(values.get("deadline")),
@@ -44,7 +44,7 @@ class DynamoDBStateStore(DynamoTable):
         return _load(decode_item(item)) if item else ContainerState()
 
     async def put_if(self, expected_generation: int, new: ContainerState,
-                     expected_status: tuple[str, ...] | None = None) -> bool:
+                     expected_status: tuple[Status, ...] | None = None) -> bool:
         values: dict[str, Any] = {"#g": "generation"}
         params: dict[str, Any] = {":g": encode(expected_generation)}
         condition = "#g = :g"
@@ -57,7 +57,7 @@ class DynamoDBStateStore(DynamoTable):
                                                                           strict=True)})
             condition += f" AND #s IN ({', '.join(names)})"
         # No item yet reads as stopped, generation 0 (ContainerState()).
-        if expected_generation == 0 and (expected_status is None or STOPPED in expected_status):
+        if expected_generation == 0 and (expected_status is None or Status.STOPPED in expected_status):
             condition = f"attribute_not_exists(pk) OR ({condition})"
         item = encode_item({"pk": "state", **dataclasses.asdict(new),
                             "writer": new.lease_owner or "-", "written": time.time()})
@@ -82,7 +82,7 @@ class DynamoDBStateStore(DynamoTable):
                                           "#s": "status"},
                 ExpressionAttributeValues={":d": encode(deadline), ":now": encode(now),
                                            ":writer": encode(writer),
-                                           ":g": encode(generation), ":running": encode(RUNNING)})
+                                           ":g": encode(generation), ":running": encode(str(Status.RUNNING))})
         except ConditionFailed:
             return False
         return True

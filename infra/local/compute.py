@@ -72,6 +72,7 @@ class LocalCompute:
                     stderr=subprocess.STDOUT, start_new_session=True,
                     cwd=self.state_dir)
             self.pid_file.write_text(str(self._child.pid))
+            # One line per launch: how often the deployment woke, for the operator.
             with open(self.launch_log, "a") as launches:
                 launches.write(f"{time.time():.3f} {self._child.pid}\n")
 
@@ -95,19 +96,9 @@ class LocalCompute:
         if self._pid() is not None:
             self._signal(signal.SIGKILL)
 
-    async def kill(self) -> None:
-        self._signal(signal.SIGKILL)
-
     async def describe(self) -> ComputeInfo:
         pid = self._pid()
         if pid is not None:
             return ComputeInfo(running=True, detail=f"pid {pid}")
         code = self._child.returncode if self._child is not None else None
         return ComputeInfo(running=False, exit_code=code)
-
-    def launches(self) -> int:
-        """How many times this state directory's container was launched."""
-        try:
-            return len(self.launch_log.read_text().splitlines())
-        except FileNotFoundError:
-            return 0

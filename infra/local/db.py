@@ -25,7 +25,7 @@ CREATE TABLE IF NOT EXISTS api_keys (
     expires REAL,
     revoked REAL,
     last_used REAL,
-    scopes TEXT NOT NULL DEFAULT 'all'
+    scopes TEXT NOT NULL DEFAULT 'all'  -- unused; kept so older databases need no migration
 );
 CREATE TABLE IF NOT EXISTS provider_keys (
     provider TEXT PRIMARY KEY,

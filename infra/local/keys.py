@@ -8,15 +8,15 @@ from typing import Any
 from infra.interfaces import AdminUser, ApiKeyRecord, ProviderCredential
 from infra.local.db import Database
 
-_COLUMNS = "id, name, secret_hash, created, expires, revoked, last_used, scopes"
+_COLUMNS = "id, name, secret_hash, created, expires, revoked, last_used"
 
 
 def _record(row: tuple[Any, ...]) -> ApiKeyRecord:
-    key_id, name, secret_hash, created, expires, revoked, last_used, scopes = row
+    key_id, name, secret_hash, created, expires, revoked, last_used = row
     return ApiKeyRecord(
         id=str(key_id), name=str(name), secret_hash=bytes(secret_hash),
         created=float(created), expires=expires, revoked=revoked,
-        last_used=last_used, scopes=tuple(str(scopes).split(",")),
+        last_used=last_used,
     )
 
 
@@ -42,10 +42,9 @@ class LocalKeyStore:
         def insert(conn: sqlite3.Connection) -> None:
             try:
                 conn.execute(
-                    f"INSERT INTO api_keys ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
+                    f"INSERT INTO api_keys ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
                     (record.id, record.name, record.secret_hash, record.created,
-                     record.expires, record.revoked, record.last_used,
-                     ",".join(record.scopes)))
+                     record.expires, record.revoked, record.last_used))
             except sqlite3.IntegrityError:
                 raise ValueError(f"an API key with id {record.id} exists") from None
 

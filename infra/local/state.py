@@ -7,13 +7,15 @@ import json
 import sqlite3
 import time
 
-from infra.interfaces import ContainerState
+from infra.interfaces import ContainerState, Status
 from infra.local.db import Database
 
 
 def _load(doc: str) -> ContainerState:
     known = {f.name for f in dataclasses.fields(ContainerState)}
-    return ContainerState(**{k: v for k, v in json.loads(doc).items() if k in known})
+    values = {k: v for k, v in json.loads(doc).items() if k in known}
+    values["status"] = Status(values.get("status", Status.STOPPED))
+    return ContainerState(**values)
 
 
 class LocalStateStore:
@@ -29,7 +31,7 @@ class LocalStateStore:
         return _load(row[0])
 
     async def put_if(self, expected_generation: int, new: ContainerState,
-                     expected_status: tuple[str, ...] | None = None) -> bool:
+                     expected_status: tuple[Status, ...] | None = None) -> bool:
         def write(conn: sqlite3.Connection) -> bool:
             sql = ("UPDATE state SET doc = ?, generation = ?, status = ? "
                    "WHERE id = 1 AND generation = ?")
@@ -52,25 +54,16 @@ class LocalStateStore:
         def write(conn: sqlite3.Connection) -> bool:
             written = conn.execute(
                 "UPDATE state SET doc = json_set(doc, '$.deadline', ?, '$.last_activity', ?) "
-                "WHERE id = 1 AND generation = ? AND status = 'running' "
+                "WHERE id = 1 AND generation = ? AND status = ? "
                 "AND COALESCE(json_extract(doc, '$.deadline'), 0) < ?",
-                (deadline, now, generation, deadline)).rowcount == 1
+                (deadline, now, generation, Status.RUNNING, deadline)).rowcount == 1
             if written:
-                _audit(conn, writer, "deadline", "running")
+                _audit(conn, writer, "deadline", Status.RUNNING)
             return written
 
         # The write and its audit row in one transaction: a reader never sees one
         # without the other.
         return await self.db.atransaction(write)
-
-    def writes(self, kind: str | None = None) -> list[tuple[float, str, str, str]]:
-        """The audit of successful writes (tests and debugging count them)."""
-        sql = "SELECT at, writer, kind, status FROM state_writes"
-        args: tuple[str, ...] = ()
-        if kind is not None:
-            sql += " WHERE kind = ?"
-            args = (kind,)
-        return self.db.run(lambda conn: conn.execute(sql + " ORDER BY at", args).fetchall())
 
 
 def _audit(conn: sqlite3.Connection, writer: str, kind: str, status: str) -> None:

@@ -7,19 +7,12 @@ Two ways in:
 - :class:`MotoServer`, a real HTTP endpoint on 127.0.0.1 for aiobotocore (which
   ``mock_aws`` cannot intercept) and for other processes (the edge, the CLI). Point
   ``aws_endpoint`` at ``server.url``.
-
-Run as ``python -m tests.support.aws ocedge ARGS`` it is the ``ocedge`` CLI with the
-``init``/``provider`` commands wired in; ``python -m tests.support.aws container``
-runs the container entrypoint, giving opencode the provider keys before the
-container registers (what container/main.py does once it calls
-:func:`container.providers.push_provider_keys`).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sys
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -29,8 +22,8 @@ import boto3
 import pytest
 from werkzeug.serving import BaseWSGIServer, make_server
 
+from infra.net import free_port
 from infra.settings import Settings
-from tests.support.edge import free_port
 
 REGION = "us-east-1"
 STACK = "ocedge-test"
@@ -221,56 +214,3 @@ def aws_settings(endpoint: str | None, deployment: Deployment | None = None,
                     "OCEDGE_SECRETS_PARAMETER": deployment.secrets_parameter})
     settings = Settings.from_env(env)
     return settings.with_overrides(**overrides) if overrides else settings
-
-
-# -- entry points for subprocesses --------------------------------------------------------
-
-
-def ocedge(argv: list[str]) -> int:
-    """``ocedge`` with ``init`` and ``provider``, whether or not infra/cli.py wires them yet."""
-    import argparse
-
-    from infra import cli
-    from infra.cli_aws import add_commands
-
-    build = cli.build_parser
-
-    def build_with_aws() -> argparse.ArgumentParser:
-        parser = build()
-        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        if "provider" not in sub.choices:
-            common = argparse.ArgumentParser(add_help=False)
-            common.add_argument("--state-dir")
-            common.add_argument("--json", action="store_true")
-            add_commands(sub, common)
-        return parser
-
-    cli.build_parser = build_with_aws
-    return cli.main(argv)
-
-
-def run_container() -> int:
-    """``python -m container``, pushing the provider keys before registering."""
-    import inspect
-
-    import container.main as entry
-    import container.opencode
-    from container.providers import push_provider_keys
-    from infra.backends import open_backends
-
-    if "push_provider_keys" in inspect.getsource(entry):
-        return entry.main()
-
-    class PushingServer(container.opencode.OpencodeServer):
-        async def wait_ready(self, timeout: float) -> None:
-            await super().wait_ready(timeout)
-            settings = Settings.from_env()
-            await push_provider_keys(settings, open_backends(settings), self.url, self.auth)
-
-    entry.OpencodeServer = PushingServer  # type: ignore[attr-defined]
-    return entry.main()
-
-
-if __name__ == "__main__":
-    command, *rest = sys.argv[1:]
-    sys.exit(ocedge(rest) if command == "ocedge" else run_container())

@@ -27,7 +27,8 @@ from starlette.websockets import WebSocket
 
 from infra.interfaces import ContainerState
 from infra.lifecycle import Lifecycle
-from tests.support.edge import EdgeServer, free_port
+from infra.net import free_port
+from tests.support.edge import EdgeServer
 
 # The internal credential the fake container registers; the edge must send it upstream.
 INTERNAL_SECRET = "internal-secret"
@@ -253,8 +254,9 @@ def running_capture() -> Iterator[CaptureServer]:
 def attach_upstream(edge: EdgeServer, port: int,
                     credential: str = INTERNAL_SECRET) -> ContainerState:
     """Register 127.0.0.1:<port> as the running container, as the container does at boot."""
-    state: ContainerState = edge.run(Lifecycle(edge.edge.backends.state).register_running(
-        f"127.0.0.1:{port}", credential, None, 600, "test"))
+    lifecycle = Lifecycle(edge.edge.backends.state, owner="test")
+    state: ContainerState = edge.run(lifecycle.register_running(
+        f"127.0.0.1:{port}", credential, None, 600))
     return state
 
 

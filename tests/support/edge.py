@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -15,19 +14,16 @@ from typing import Any
 
 import uvicorn
 
-from edge.app import Edge
-from infra.backends import open_backends
+from edge.app import create_app
+from infra.backends import backends_for_requests
 from infra.credentials import mint_api_key
+from infra.net import free_port
 from infra.settings import Settings
 from tests.support.fake_model import opencode_config
 
+__all__ = ["ADMIN_PASSWORD", "EdgeServer", "free_port", "make_settings", "running_edge"]
+
 ADMIN_PASSWORD = "test-admin-password-123"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def make_settings(state_dir: Path, model_url: str | None = None, **overrides: Any) -> Settings:
@@ -52,7 +48,8 @@ class EdgeServer:
         self.settings = settings
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.edge = Edge(settings, open_backends(settings))
+        # The backends of the request path, as the edge opens them in production.
+        self.edge = create_app(settings, backends_for_requests(settings))
         config = uvicorn.Config(self.edge, host="127.0.0.1", port=self.port,
                                 log_level="warning", lifespan="on", proxy_headers=False,
                                 server_header=False, date_header=False)

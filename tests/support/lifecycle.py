@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from infra.interfaces import ContainerState
+from infra.local.db import database
 from tests.support.edge import ADMIN_PASSWORD, EdgeServer
 
 OCEDGE = Path(sys.executable).parent / "ocedge"
@@ -35,12 +36,25 @@ def state(edge: EdgeServer) -> ContainerState:
 
 
 def launches(edge: EdgeServer) -> int:
-    return edge.edge.backends.compute.launches()
+    """How many times the edge's deployment launched its container (the launch log
+    the local compute keeps in the state directory)."""
+    try:
+        return len((edge.settings.state_dir / "launches.log").read_text().splitlines())
+    except FileNotFoundError:
+        return 0
 
 
 def writes(edge: EdgeServer, kind: str | None = None) -> list[tuple[float, str, str, str]]:
-    """The state store's audit of successful writes: (at, writer, kind, status)."""
-    return edge.edge.backends.state.writes(kind)
+    """The local state store's audit of successful writes: (at, writer, kind, status)."""
+    sql = "SELECT at, writer, kind, status FROM state_writes"
+    args: tuple[str, ...] = ()
+    if kind is not None:
+        sql += " WHERE kind = ?"
+        args = (kind,)
+    db = database(edge.settings.state_dir.resolve())
+    rows: list[tuple[float, str, str, str]] = db.run(
+        lambda conn: conn.execute(sql + " ORDER BY at", args).fetchall())
+    return rows
 
 
 def wait_for(edge: EdgeServer, ok: Callable[[ContainerState], bool], timeout: float,

@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -25,6 +24,7 @@ from types import TracebackType
 
 import httpx
 
+from infra.net import free_port
 from infra.settings import find_opencode
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -34,13 +34,6 @@ USERNAME = "opencode"  # opencode's fixed Basic-auth user unless OPENCODE_SERVER
 def find_opencode_bin() -> str:
     """The opencode the project pins (node_modules), as the container would find it."""
     return find_opencode()
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def isolated_env(root: Path, env_extra: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -22,11 +22,11 @@ import shutil
 import signal
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from container.child import Child
+from container.workspace.location import S3Location
 
 log = logging.getLogger("ocedge.container")
 
@@ -37,20 +37,10 @@ class LitestreamError(RuntimeError):
     """The database could not be restored; the message says why."""
 
 
-@dataclass(frozen=True)
-class S3Replica:
-    bucket: str
-    path: str
-    endpoint: str | None = None
-    region: str | None = None
-
-    @property
-    def url(self) -> str:
-        return f"s3://{self.bucket}/{self.path}"
-
-
 class Litestream:
-    def __init__(self, binary: str, database: Path, replica: S3Replica, run_dir: Path,
+    """Litestream for one database: ``restore`` it, ``start`` replicating, ``stop``."""
+
+    def __init__(self, binary: str, database: Path, replica: S3Location, run_dir: Path,
                  env: Mapping[str, str]) -> None:
         self.binary = binary
         self.database = database
@@ -65,7 +55,7 @@ class Litestream:
 
     def write_config(self, shutdown_sync_timeout: float = 10.0) -> None:
         replica: dict[str, Any] = {"type": "s3", "bucket": self.replica.bucket,
-                                   "path": self.replica.path, "sync-interval": SYNC_INTERVAL}
+                                   "path": self.replica.prefix, "sync-interval": SYNC_INTERVAL}
         if self.replica.endpoint:
             replica |= {"endpoint": self.replica.endpoint, "force-path-style": True,
                         "region": self.replica.region or "us-east-1"}
