@@ -40,7 +40,7 @@ class Edge:
         self.backends = backends or backends_for_requests(settings)
         owner = process_owner("edge")
         self.lifecycle = Lifecycle(self.backends.state, self.backends.compute, owner=owner,
-                                   start_timeout=settings.opencode_start_timeout + 30)
+                                   start_timeout=settings.start_timeout)
         self.links = UpstreamLinks(settings)
         proxy = Proxy(settings, self.backends.state, self.lifecycle, self.links,
                       Deadline(self.backends.state, settings.idle_timeout, writer=owner))

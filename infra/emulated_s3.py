@@ -23,7 +23,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -33,6 +32,8 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import FrameType
 from typing import Any
+
+from infra.net import free_port
 
 log = logging.getLogger("ocedge.emulated_s3")
 
@@ -216,19 +217,13 @@ def main(argv: list[str] | None = None) -> None:
 # -- the handle `ocedge dev` holds ---------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class EmulatedS3:
     """The emulator as a child process of ``ocedge dev``, its data under ``state_dir``."""
 
     def __init__(self, state_dir: Path, bucket: str = DEFAULT_BUCKET) -> None:
         self.root = state_dir.resolve() / "emulated-s3"
         self.bucket = bucket
-        self.port = _free_port()
+        self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.log_file = state_dir.resolve() / "emulated-s3.log"
         self.process: subprocess.Popen[bytes] | None = None

@@ -127,6 +127,12 @@ class Settings:
         return self.workspace_dir or self.state_dir / "workspace"
 
     @property
+    def start_timeout(self) -> float:
+        """How long a start may take to register before it counts as stale: opencode's
+        own start-up budget plus the container's (mount, restore, TLS)."""
+        return self.opencode_start_timeout + 30
+
+    @property
     def opencode_data(self) -> Path:
         return self.opencode_data_dir or self.state_dir / "opencode"
 

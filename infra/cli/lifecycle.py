@@ -65,7 +65,7 @@ async def wake(args: argparse.Namespace) -> None:
         # The start timeout the edge uses: a start that has not registered by then
         # is stale, and this wake recovers it.
         lifecycle = Lifecycle(backends.state, backends.compute, owner=process_owner("cli"),
-                              start_timeout=settings.opencode_start_timeout + 30)
+                              start_timeout=settings.start_timeout)
         progress("Waking the workspace…" if before.status in ASLEEP else
                  f"The workspace is {before.status}; waiting for it…")
         shown = _Progress()

@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,9 +17,8 @@ from typing import Any
 
 from infra.interfaces import ContainerState
 from infra.local.db import database
+from tests.support import cli
 from tests.support.edge import ADMIN_PASSWORD, EdgeServer
-
-OCEDGE = Path(sys.executable).parent / "ocedge"
 
 # Headers a browser sends: a navigation, and a background fetch/XHR.
 NAVIGATE = {"Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document", "Sec-Fetch-Site": "none",
@@ -172,10 +170,7 @@ def kill_tcp_connection(local_port: int, peer_port: int) -> str:
 def ocedge(*argv: str, settings_env: dict[str, str] | None = None, cwd: Path,
            timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """Run the installed `ocedge` as a user would (no OCEDGE_* from the test's own env)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OCEDGE_")}
-    env.update(settings_env or {})
-    return subprocess.run([str(OCEDGE), *argv], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout, check=False)
+    return cli.ocedge(*argv, cwd=cwd, env=settings_env, timeout=timeout)
 
 
 def cli_env(edge: EdgeServer) -> dict[str, str]:

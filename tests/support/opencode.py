@@ -142,7 +142,7 @@ class OpencodeHandle:
         """`opencode run --attach <this server> ... MESSAGE` with the server's isolated env.
 
         Its stdout is unreliable: with --attach it can exit before printing the reply (see
-        tests/test_fake_model.py); read the reply back through the HTTP API instead.
+        tests/e2e/test_fake_model.py); read the reply back through the HTTP API instead.
         """
         args = [find_opencode_bin(), "run", "--attach", self.url]
         if self.password:

@@ -31,8 +31,8 @@ from tests.support.capture import (
 )
 from tests.support.edge import ADMIN_PASSWORD, make_settings
 
-FIXTURES = Path(__file__).parent / "fixtures"
-ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+ROOT = Path(__file__).resolve().parents[2]
 STREAM_URL = "https://abc.lambda-url.us-east-1.on.aws/"
 
 

@@ -36,6 +36,7 @@ from infra.interfaces import ContainerState, Status
 from infra.lifecycle import Lifecycle
 from infra.net import free_port
 from infra.settings import Settings, SettingsError
+from tests.support import cli
 from tests.support.edge import ADMIN_PASSWORD, make_settings
 from tests.support.fake_model import FakeModelServer, opencode_config, reply_for
 from tests.support.s3 import CREDENTIALS, MotoServer, moto_server
@@ -552,20 +553,17 @@ def test_the_local_workspace_says_it_is_not_saved(tmp_path: Path) -> None:
 
 def _ocedge(*argv: str, env: dict[str, str], cwd: Path,
             timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    ocedge = Path(sys.executable).parent / "ocedge"
-    return subprocess.run([str(ocedge), *argv], env=env, cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout, check=False)
+    return cli.ocedge(*argv, env=env, cwd=cwd, timeout=timeout, inherit=False)
 
 
 @contextlib.contextmanager
 def ocedge_dev(state_dir: Path, port: int, env: dict[str, str],
                *extra: str) -> Iterator[str]:
     """`ocedge dev` until it answers; yields its banner."""
-    ocedge = Path(sys.executable).parent / "ocedge"
     log = state_dir.parent / f"dev-{port}.log"
     with open(log, "ab") as out:
         process = subprocess.Popen(
-            [str(ocedge), "dev", *extra, "--state-dir", str(state_dir), "--port", str(port)],
+            [str(cli.OCEDGE), "dev", *extra, "--state-dir", str(state_dir), "--port", str(port)],
             env=env, cwd=state_dir.parent, stdout=out, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True)
     helpers: list[int] = []

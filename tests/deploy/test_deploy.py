@@ -30,7 +30,7 @@ import pytest
 
 from infra.settings import Settings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "template.yaml"
 DOCKERFILE = ROOT / "Dockerfile"
 HOST = ROOT / "deploy" / "host"
