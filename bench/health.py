@@ -28,10 +28,9 @@ class HealthResult:
                   metric: str) -> float:
         return median([getattr(r, metric) for r in runs[name]])
 
-    def throughput_ratio(self) -> float:
+    def throughput_ratio(self, runs: Mapping[str, Sequence[LoadResult]]) -> float:
         """Median over rounds of edge req/s ÷ nginx req/s measured in the same round."""
-        return median([e.rps / n.rps for e, n in zip(self.loaded["edge"], self.loaded["nginx"],
-                                                     strict=True)])
+        return median([e.rps / n.rps for e, n in zip(runs["edge"], runs["nginx"], strict=True)])
 
     def added_p50(self, runs: Mapping[str, Sequence[LoadResult]], name: str) -> float:
         """Median over rounds of (target p50 - direct p50), in ms."""

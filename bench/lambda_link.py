@@ -74,7 +74,7 @@ def measure_link(direct: Target, rounds: int = 5, requests: int = 300) -> LinkRe
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     gate = Gate(b"Basic " + base64.b64encode(f"opencode:{password}".encode()), direct.port,
-                cert.server_context())
+                cert.server_context(), upstream_authorization=direct.authorization.encode())
     port = asyncio.run_coroutine_threadsafe(gate.start("127.0.0.1", 0), loop).result(10)
     headers = {"Authorization": direct.authorization}
 
@@ -95,10 +95,15 @@ def measure_link(direct: Target, rounds: int = 5, requests: int = 300) -> LinkRe
     finally:
         async def shutdown() -> None:
             await gate.close()
+            # The clients have hung up: let the gate's relays end by themselves.
+            # (Cancelling them makes Python 3.11's StreamReaderProtocol log a
+            # spurious CancelledError traceback.)
             tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            if tasks:
+                _, pending = await asyncio.wait(tasks, timeout=5)
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
 
         asyncio.run_coroutine_threadsafe(shutdown(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)

@@ -62,7 +62,8 @@ class LoadGenerator:
         if self.wrk is None:
             return asyncio.run(_httpx_load(target, path, connections, duration))
         threads = min(connections, 2)
-        argv = [self.wrk, f"-t{threads}", f"-c{connections}", f"-d{duration:g}s",
+        # wrk takes whole seconds only.
+        argv = [self.wrk, f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration))}s",
                 "--timeout", "5s", "-s", str(self.script),
                 "-H", f"Authorization: {target.authorization}",
                 f"http://127.0.0.1:{target.port}{path}"]

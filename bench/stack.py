@@ -93,10 +93,11 @@ class Target:
 
 
 def _server_flags() -> list[str]:
-    """uvloop and httptools when installed, as `uvicorn --loop auto` would pick."""
-    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
-    http_impl = "httptools" if importlib.util.find_spec("httptools") else "h11"
-    return ["--loop", loop, "--http", http_impl]
+    """As every front door runs the edge: uvloop, and httptools through
+    ``edge.server`` (the response head sent with the body)."""
+    if not importlib.util.find_spec("uvloop") or not importlib.util.find_spec("httptools"):
+        raise BenchError("uvloop and httptools are missing: pip install -e '.[dev]'")
+    return ["--loop", "uvloop", "--http", "edge.server:HttpProtocol"]
 
 
 class Stack:
@@ -113,7 +114,7 @@ class Stack:
         self.state_dir = self.root / "state"
         self.children: list[Child] = []
         self.targets: dict[str, Target] = {}
-        self.edge_server = " ".join(_server_flags()[1::2])
+        self.edge_server = "uvloop, httptools via edge.server"
 
     def __enter__(self) -> Stack:
         return self
@@ -180,15 +181,22 @@ class Stack:
         # The first authenticated request wakes the container (local compute).
         self._wait(child, edge, "/global/health", timeout)
 
+        self.targets["edge"] = edge
+        self.refresh_direct()
+
+    def refresh_direct(self) -> Target:
+        """Point "direct" at the container that runs now: every wake starts a new
+        one, on a new port with a new internal password."""
+        backends = backends_for_tools(Settings.from_env({"OCEDGE_STATE_DIR": str(self.state_dir)}))
         state = asyncio.run(backends.state.get())
         if state.status != RUNNING or not state.endpoint or not state.credential:
-            raise BenchError(f"the container is {state.status} after waking: {state.reason}")
+            raise BenchError(f"the container is {state.status}, not running: {state.reason}")
         host, _, upstream_port = state.endpoint.rpartition(":")
         if host != "127.0.0.1":
             raise BenchError(f"the container registered {state.endpoint}, not a loopback address")
         self.targets["direct"] = Target("direct", int(upstream_port),
                                         basic(OPENCODE_USER, state.credential))
-        self.targets["edge"] = edge
+        return self.targets["direct"]
 
     # -- nginx --------------------------------------------------------------------------
 

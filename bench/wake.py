@@ -57,6 +57,9 @@ def _until_200(url: str, headers: dict[str, str], timeout: float, probe: float) 
 def _put_to_sleep(stack: Stack) -> None:
     settings = Settings.from_env({"OCEDGE_STATE_DIR": str(stack.state_dir)})
     backends = backends_for_tools(settings)
+    # Requests of a load run that just ended may still be in the edge: one that meets
+    # the stopping container wakes it again (as it should), so let them finish first.
+    time.sleep(1.0)
     asyncio.run(LocalCompute(stack.state_dir).stop(timeout=30))
     deadline = time.monotonic() + 30
     while asyncio.run(backends.state.get()).status not in ASLEEP:

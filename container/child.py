@@ -8,6 +8,9 @@ Litestream): started so that they never outlive it, stopped by their process id.
   it, as they would with the host, instead of lingering as orphans that hold the mount.
 - Their output is logged line by line under their name, and the last lines are kept
   for error messages.
+- One may run as the agent's user (:mod:`container.agent`): started with that uid, gid
+  and its own groups only, umask 022, and no_new_privs, so no setuid program gives it
+  back what it gave up.
 """
 
 from __future__ import annotations
@@ -21,16 +24,23 @@ import os
 import signal
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
+
+from container.agent import AgentUser
 
 log = logging.getLogger("ocedge.container")
 
 _PR_SET_PDEATHSIG = 1
+_PR_SET_NO_NEW_PRIVS = 38
 # Loaded here, not in the forked child: dlopen after fork is not safe with threads.
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def _die_with_parent(sig: int, parent: int) -> Callable[[], None]:
+def _die_with_parent(sig: int, parent: int, confined: bool) -> Callable[[], None]:
+    # Runs after the switch to another user (which would clear the death signal).
     def preexec() -> None:
+        if confined and _libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+            os._exit(1)
         _libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
         # The parent may have died between fork and prctl: then nobody will signal us.
         if os.getppid() != parent:
@@ -43,10 +53,12 @@ class Child:
 
     def __init__(self, name: str, argv: Sequence[str], env: Mapping[str, str],
                  on_parent_death: int = signal.SIGKILL, cwd: Path | None = None, *,
-                 own_session: bool = True, log_output: bool = True) -> None:
+                 own_session: bool = True, log_output: bool = True,
+                 user: AgentUser | None = None, pass_fds: Sequence[int] = ()) -> None:
         """``own_session=False`` keeps it in the container's process group, so a signal to
         the group reaches it too; ``log_output=False`` lets it write to the container's
-        own output instead of a pipe (see :class:`container.opencode.OpencodeServer`)."""
+        own output instead of a pipe (see :class:`container.opencode.OpencodeServer`);
+        ``user``: run it as the agent's user; ``pass_fds``: descriptors it inherits."""
         self.name = name
         self.argv = list(argv)
         self.env = dict(env)
@@ -54,6 +66,8 @@ class Child:
         self.cwd = cwd
         self.own_session = own_session
         self.log_output = log_output
+        self.user = user
+        self.pass_fds = tuple(pass_fds)
         self.process: asyncio.subprocess.Process | None = None
         self._tail: collections.deque[str] = collections.deque(maxlen=20)
         self._reader: asyncio.Task[None] | None = None
@@ -63,11 +77,17 @@ class Child:
         # Not logged: straight to the container's own stdout and stderr (None).
         stdout, stderr = ((asyncio.subprocess.PIPE, asyncio.subprocess.STDOUT)
                           if self.log_output else (None, None))
+        identity: dict[str, Any] = {}
+        if self.user is not None:
+            identity = {"user": self.user.uid, "group": self.user.gid,
+                        "extra_groups": self.user.groups, "umask": 0o022}
         self.process = await asyncio.create_subprocess_exec(
             *self.argv, env=self.env, cwd=self.cwd, stdin=asyncio.subprocess.DEVNULL,
             stdout=stdout, stderr=stderr,
             start_new_session=self.own_session,
-            preexec_fn=_die_with_parent(self.on_parent_death, os.getpid()))
+            preexec_fn=_die_with_parent(self.on_parent_death, os.getpid(),
+                                        confined=self.user is not None),
+            pass_fds=self.pass_fds, **identity)
         if self.log_output:
             self._reader = asyncio.ensure_future(self._read_output())
         log.debug("%s started (pid %d)", self.name, self.process.pid)

@@ -1,6 +1,7 @@
 """The opencode server process: start it on loopback, wait until it answers, stop it.
 
-It is a :class:`container.child.Child` with two differences from the workspace's
+It is a :class:`container.child.Child` — run as the agent's own user when the
+container has one (:mod:`container.agent`) — with two differences from the workspace's
 helpers. It stays in the container's process group, so a stop signal sent to the
 group (``ocedge sleep``, Ctrl-C, the host going away) reaches it and whatever it
 spawned, as it reaches the container. And its output goes straight to the
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from container.agent import AgentUser
 from container.child import Child
 from infra.net import free_port
 
@@ -40,11 +42,12 @@ class OpencodeFailed(RuntimeError):
 @dataclass
 class OpencodeServer:
     """``opencode web`` on 127.0.0.1:``port`` in ``workdir``, behind its own Basic auth
-    (user ``opencode``, a fresh random ``password``)."""
+    (user ``opencode``, a fresh random ``password``); as ``user`` when given."""
 
     binary: str
     workdir: Path
     env: Mapping[str, str]
+    user: AgentUser | None = None
     port: int = field(default_factory=free_port)
     password: str = field(default_factory=lambda: secrets.token_urlsafe(32), repr=False)
     child: Child | None = field(default=None, init=False)
@@ -67,14 +70,20 @@ class OpencodeServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.child = Child(
             "opencode", [self.binary, "web", "--hostname", "127.0.0.1", "--port", str(self.port)],
-            env, cwd=self.workdir, own_session=False, log_output=False)
+            env, cwd=self.workdir, own_session=False, log_output=False, user=self.user)
         try:
             await self.child.start()
         except FileNotFoundError:
             raise OpencodeFailed(
                 f"the opencode binary was not found at {self.binary!r}; install it with "
                 "`npm ci` in the project (or set OCEDGE_OPENCODE_BIN)") from None
-        log.info("opencode started (pid %d, port %d)", self.child.pid, self.port)
+        except PermissionError:
+            raise OpencodeFailed(
+                f"opencode cannot run as {self.user or 'this user'}: {self.binary!r} or "
+                f"{self.workdir} is not accessible to it (every directory on the way must "
+                f"be searchable, the binary executable)") from None
+        log.info("opencode started (pid %d, port %d%s)", self.child.pid, self.port,
+                 f", as {self.user}" if self.user else "")
 
     async def wait_ready(self, timeout: float) -> None:
         """Poll /global/health with short per-request timeouts: opencode sometimes never
@@ -126,6 +135,10 @@ class OpencodeServer:
         if code is None:
             log.info("opencode did not exit within %.0f s of SIGTERM; killing it", timeout)
             code = await self.child.kill(tree=True)
+        if self.user is not None:
+            # Whatever the agent started and detached ends with it, before the
+            # workspace is saved.
+            self.user.end_processes()
         return code or 0
 
     async def wait(self) -> int:
@@ -137,22 +150,32 @@ class OpencodeServer:
 
 
 def opencode_environment(passthrough: Mapping[str, str], base: Mapping[str, str],
-                         data_root: Path) -> dict[str, str]:
-    """The environment opencode runs with: a minimal base, its own data directories,
-    and the OPENCODE_* variables the container was given."""
+                         data_root: Path, user: AgentUser | None = None) -> dict[str, str]:
+    """The environment opencode runs with: a minimal base, its own data directories
+    (the agent's, when it has a user of its own), and the OPENCODE_* variables the
+    container was given."""
     # The container's own AWS credentials are for the workspace and the stores,
     # not for the agent: opencode and its terminal do not inherit them.
     env = {k: v for k, v in base.items() if not k.startswith("AWS_")}
     env.setdefault("PATH", os.defpath)
+    if user is not None:
+        # Its own HOME, never the container's (where a credentials file could be).
+        env["HOME"] = str(data_root / "home")
+        env["USER"] = env["LOGNAME"] = user.name or str(user.uid)
     env.setdefault("HOME", str(data_root / "home"))
     # opencode's folder picker fails on a HOME that does not exist.
-    Path(env["HOME"]).mkdir(parents=True, exist_ok=True)
+    _directory(Path(env["HOME"]), user)
     env.setdefault("SHELL", "/bin/bash")
     env.setdefault("TERM", "xterm-256color")
     for name in ("data", "config", "state", "cache"):
-        path = data_root / name
-        path.mkdir(parents=True, exist_ok=True)
-        env[f"XDG_{name.upper()}_HOME"] = str(path)
+        env[f"XDG_{name.upper()}_HOME"] = str(_directory(data_root / name, user))
     env["OPENCODE_DISABLE_AUTOUPDATE"] = "1"
     env.update(passthrough)
     return env
+
+
+def _directory(path: Path, user: AgentUser | None) -> Path:
+    if user is not None:
+        return user.own(path)
+    path.mkdir(parents=True, exist_ok=True)
+    return path

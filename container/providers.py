@@ -14,7 +14,8 @@ request boots them again with the new keys.
 
 A key removed with ``ocedge provider remove`` is removed from opencode at the
 next boot: the ids (never the keys) pushed last time are remembered in
-``<opencode data>/ocedge-providers.json``.
+``<state dir>/ocedge-providers.json``, a file of the container's own (earlier versions
+kept it in opencode's data directory, which the agent owns; it is read from there once).
 """
 
 from __future__ import annotations
@@ -39,10 +40,12 @@ MARKER = "ocedge-providers.json"
 
 def _read_marker(path: Path) -> set[str]:
     try:
-        ids = json.loads(path.read_text())
+        # Never through a symlink: the legacy marker lies in a directory the agent owns.
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW)) as handle:
+            ids = json.loads(handle.read())
     except FileNotFoundError:
         return set()
-    except ValueError:
+    except (OSError, ValueError):
         log.warning("ignoring an unreadable %s", path)
         return set()
     return {str(i) for i in ids} if isinstance(ids, list) else set()
@@ -61,14 +64,17 @@ async def push_provider_keys(settings: Settings, backends: Backends, url: str,
     it accepted. Failures are logged (by provider id) and skipped: the workspace still
     starts, without that provider."""
     records = await backends.keys.list_providers()
-    marker = settings.opencode_data / MARKER
-    previous = _read_marker(marker)
+    marker = settings.state_dir / MARKER
+    legacy = settings.opencode_data / MARKER
+    previous = _read_marker(marker) | _read_marker(legacy)
     stale = {p for p in previous - {r.provider for r in records} if _valid(p)}
     if not records and not stale:
+        legacy.unlink(missing_ok=True)
         return []
-    # One blocking read (SSM on AWS), off the event loop.
-    sealing_key = await asyncio.to_thread(backends.sealing_key, False) if records else None
-    if records and sealing_key is None:
+    # One blocking read (SSM on AWS), off the event loop: the current sealing key, and
+    # while a rotation re-seals, the one it replaces.
+    sealing_keys = await asyncio.to_thread(backends.sealing_keys) if records else ()
+    if records and not sealing_keys:
         log.error("%d provider key(s) are stored but this deployment has no sealing key; "
                   "set them again with `ocedge provider set`", len(records))
         records = []
@@ -80,8 +86,7 @@ async def push_provider_keys(settings: Settings, backends: Backends, url: str,
                                  timeout=15.0) as client:
         for record in records:
             kept.add(record.provider)
-            assert sealing_key is not None
-            if await _push(client, sealing_key, record):
+            if await _push(client, sealing_keys, record):
                 pushed.append(record.provider)
         for provider in sorted(stale):
             try:
@@ -104,6 +109,7 @@ async def push_provider_keys(settings: Settings, backends: Backends, url: str,
                 log.warning("opencode did not dispose its instances (%s); a provider key "
                             "change may only apply after a restart", type(exc).__name__)
     _write_marker(marker, kept)
+    legacy.unlink(missing_ok=True)
     if pushed:
         log.info("provider keys given to opencode: %s", ", ".join(pushed))
     return pushed
@@ -117,11 +123,11 @@ def _valid(provider: str) -> bool:
     return True
 
 
-async def _push(client: httpx.AsyncClient, sealing_key: bytes,
+async def _push(client: httpx.AsyncClient, sealing_keys: tuple[bytes, ...],
                 record: ProviderCredential) -> bool:
     try:
         check_provider_id(record.provider)
-        key = open_sealed(sealing_key, record.provider, record.sealed)
+        key = open_sealed(sealing_keys, record.provider, record.sealed)
     except ProviderKeyError as exc:
         log.error("%s", exc)
         return False

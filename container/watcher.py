@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 from httpx_sse import aconnect_sse
 
+from container.notices import Notices
 from infra.deadline import Deadline
 from infra.interfaces import Status
 from infra.lifecycle import Lifecycle
@@ -28,6 +29,11 @@ from infra.lifecycle import Lifecycle
 log = logging.getLogger("ocedge.watcher")
 
 _BUSY_STATES = ("busy", "retry")
+# Why wait_until_idle returned: the idle deadline passed (the container goes to sleep
+# and exits "asleep", which powers the host off), or a newer generation owns the state
+# item (the container steps aside and exits so its host can serve that one).
+IDLE = "idle"
+SUPERSEDED = "superseded"
 
 
 def _status_type(status: Any) -> str:
@@ -42,7 +48,8 @@ class KeepAlive:
 
     def __init__(self, base_url: str, auth: httpx.Auth, lifecycle: Lifecycle, generation: int,
                  deadline: Deadline, max_backoff: float = 30.0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, notices: Notices | None = None) -> None:
+        self.notices = notices  # sees every event; its parked sessions do not count as busy
         self.base_url = base_url
         self.auth = auth
         self.lifecycle = lifecycle
@@ -69,6 +76,8 @@ class KeepAlive:
 
     async def handle(self, data: dict[str, Any]) -> None:
         """One event from /global/event."""
+        if self.notices is not None:
+            await self.notices.event(data)
         payload = data.get("payload") if isinstance(data.get("payload"), dict) else data
         assert isinstance(payload, dict)
         kind = payload.get("type")
@@ -139,19 +148,20 @@ class KeepAlive:
 
     # -- idleness ----------------------------------------------------------------
 
-    async def wait_until_idle(self, check_every: float) -> None:
-        """Return once the deadline has passed and no session is busy."""
+    async def wait_until_idle(self, check_every: float) -> str:
+        """Return :data:`IDLE` once the deadline has passed and no session is busy, or
+        :data:`SUPERSEDED` once a newer generation owns the state item."""
         while True:
             current = await self.lifecycle.state.get()
             if current.generation != self.generation:
                 log.warning("a newer generation (%d) owns the state; stopping",
                             current.generation)
-                return
+                return SUPERSEDED
             self._known_deadline = current.deadline
             now = self.clock()
-            if self.busy:
+            if self.busy - (self.notices.parked() if self.notices else set()):
                 await self.renew("session busy")
             elif current.deadline is not None and now >= current.deadline:
                 log.info("idle past the deadline and no session busy: going to sleep")
-                return
+                return IDLE
             await asyncio.sleep(check_every)

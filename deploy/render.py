@@ -48,9 +48,11 @@ SAMPLE_VALUES = {
     "Bucket": "demo-bucket-1a2b3c4d5e6f",
     "KeysTable": "demo-KeysTable-1A2B3C4D5E6F",
     "StateTable": "demo-StateTable-1A2B3C4D5E6F",
-    "SecretsParameter": "/opencode-edge/demo/secrets",
+    "ContainerSecretsParameter": "/opencode-edge/demo/container-secrets",
     "IdleTimeout": "600",
     "GatePort": "8443",
+    "NotifyTopic": "arn:aws:sns:us-east-1:123456789012:demo-NotifyTopic-1A2B3C4D5E6F",
+    "PublicUrl": "",
 }
 
 

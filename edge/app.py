@@ -1,6 +1,8 @@
-"""The edge, composed: authentication around the edge's own routes and the proxy.
+"""The edge, composed: browser defences, the login page, authentication, then the
+edge's own routes and the proxy.
 
-    Authentication → EdgeRoutes (/_edge/…) → Proxy (wake, forward)
+    NoFraming → SameOrigin → Login (/_edge/login, /_edge/logout)
+        → Authentication → EdgeRoutes (/_edge/…) → Landing (first `/`) → Proxy (wake, forward)
 
 plus the lifespan: at start-up it warms the AWS clients, or (locally) creates the
 admin and prints its password once; at shutdown it closes what it opened.
@@ -17,10 +19,16 @@ from typing import Any
 
 from edge.auth import Authenticator
 from edge.authentication import Authentication
+from edge.framing import NoFraming
+from edge.landing import Landing
 from edge.links import UpstreamLinks
+from edge.login import Login
+from edge.logs import quiet_credential_logs
+from edge.origin import SameOrigin
 from edge.proxy import Proxy
 from edge.routes import EdgeRoutes
 from edge.session import SessionSigner
+from edge.stream_deadline import StreamDeadline
 from edge.throttle import FailureThrottle
 from edge.types import Receive, Scope, Send
 from infra.backends import backends_for_requests
@@ -36,6 +44,8 @@ class Edge:
     """The ASGI application of one edge process, over one deployment's backends."""
 
     def __init__(self, settings: Settings, backends: Backends | None = None) -> None:
+        # Before anything can log a header: no credential in any log line.
+        quiet_credential_logs()
         self.settings = settings
         self.backends = backends or backends_for_requests(settings)
         owner = process_owner("edge")
@@ -44,18 +54,37 @@ class Edge:
         self.links = UpstreamLinks(settings)
         proxy = Proxy(settings, self.backends.state, self.lifecycle, self.links,
                       Deadline(self.backends.state, settings.idle_timeout, writer=owner))
+        keys = self.backends.keys
+        # The edge's secrets as read now; re-read as they age (_follow_rotation).
+        self._secrets = self.backends.edge_secrets
         authenticator = Authenticator(
-            self.backends.keys, self.backends.pepper, SessionSigner(self.backends.session_secret),
-            FailureThrottle(settings.auth_max_failures, settings.auth_window),
-            cache_ttl=settings.key_cache_ttl)
-        self.app = Authentication(EdgeRoutes(proxy, self.backends.state, settings),
-                                  authenticator, settings)
+            keys, self._secrets.peppers,
+            SessionSigner(self._secrets.session_secret, settings.session_ttl),
+            FailureThrottle(keys, settings.auth_max_failures, settings.auth_window,
+                            settings.auth_max_failures_global),
+            session_secret=self._secrets.session_secret, cache_ttl=settings.key_cache_ttl)
+        self.authenticator = authenticator
+        # On the streaming front door, event streams end before their invocation does.
+        routes = EdgeRoutes(Landing(StreamDeadline(proxy), self.lifecycle, settings),
+                            self.backends.state, settings)
+        self.app = NoFraming(SameOrigin(
+            Login(Authentication(routes, authenticator, settings), authenticator, settings),
+            settings))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
         else:
+            await self._follow_rotation()
             await self.app(scope, receive, send)
+
+    async def _follow_rotation(self) -> None:
+        """Re-read the edge's secrets every OCEDGE_KEY_CACHE_TTL seconds, so `ocedge
+        admin rotate-secrets` reaches this process (infra/rotation.py waits that long)."""
+        fresh = await self.backends.secrets.fresh_edge(self.settings.key_cache_ttl)
+        if fresh != self._secrets:
+            self._secrets = fresh
+            self.authenticator.use_secrets(fresh.peppers, fresh.session_secret)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

@@ -3,7 +3,8 @@ and WebSockets (both directions), over a link from ``edge.links``.
 
 The client's credentials never go upstream: its Authorization and X-API-Key
 headers and the edge's own cookie are dropped, and the internal credential the
-container registered is added instead.
+container registered is added instead. ``Origin`` is forwarded, so opencode can
+check it too. The request target is built from its parts and must be a path.
 """
 
 from __future__ import annotations
@@ -12,15 +13,16 @@ import asyncio
 import base64
 import contextlib
 import logging
-import ssl
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-
-import httpx
+from functools import cached_property
+from typing import Any
+from urllib.parse import quote
 
 from edge.request import accepts_event_stream
 from edge.session import split_cookie_header
 from edge.types import Receive, Scope, Send
+from edge.upstream import Connection, UpstreamError, UpstreamPool
 
 log = logging.getLogger("ocedge.edge")
 
@@ -28,18 +30,43 @@ HOP_BY_HOP = frozenset({
     b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te",
     b"trailer", b"trailers", b"transfer-encoding", b"upgrade", b"http2-settings",
 })
-# Never forwarded upstream: the client's own credentials and what the edge sets itself.
-# The client's Host is kept: opencode checks Origin against it (terminal tickets).
+# Never forwarded upstream: the client's own credentials, what the edge sets itself,
+# and the body framing (the edge frames the body it sends). The client's Host is
+# kept: opencode checks Origin against it (terminal tickets).
 _DROP_REQUEST = HOP_BY_HOP | {
     b"authorization", b"x-api-key", b"x-forwarded-for", b"x-forwarded-proto",
-    b"x-forwarded-host", b"forwarded", b"x-real-ip",
+    b"x-forwarded-host", b"forwarded", b"x-real-ip", b"content-length", b"expect",
 }
 # Upstream's auth challenge would make browsers prompt for the internal credential.
 _DROP_RESPONSE = HOP_BY_HOP | {b"www-authenticate"}
-_WS_DROP = _DROP_REQUEST | {
+WS_DROP = _DROP_REQUEST | {
     b"host", b"sec-websocket-key", b"sec-websocket-version", b"sec-websocket-extensions",
-    b"sec-websocket-protocol", b"origin",
+    b"sec-websocket-protocol",
 }
+# Bytes that never belong in a request target: controls, space, DEL, and '#'.
+_NOT_IN_TARGET = frozenset(range(0x21)) | {0x7F, ord("#")}
+
+
+class BadRequest(ValueError):
+    """The request cannot be forwarded as it is; the message says why (a 400)."""
+
+
+def request_target(scope: Scope) -> bytes:
+    """The origin-form target sent upstream: the raw path as the client sent it
+    (behind API Gateway, the event's ``rawPath``) and the raw query. Never an
+    absolute URL: the container's address comes from the state store alone."""
+    raw: bytes | None = scope.get("raw_path")
+    if not raw:
+        event: dict[str, Any] = scope.get("aws.event") or {}
+        raw_path = event.get("rawPath")
+        raw = (raw_path.encode("latin-1", "replace") if isinstance(raw_path, str)
+               else quote(scope["path"], safe="/:@!$&'()*+,;=").encode("latin-1", "replace"))
+    query: bytes = scope.get("query_string") or b""
+    if not raw.startswith(b"/") or not _NOT_IN_TARGET.isdisjoint(raw):
+        raise BadRequest("the request target must be a path starting with '/'")
+    if not _NOT_IN_TARGET.isdisjoint(query):
+        raise BadRequest("the query string holds characters a URL cannot")
+    return raw + b"?" + query if query else raw
 
 
 @dataclass(frozen=True)
@@ -51,16 +78,14 @@ class Upstream:
     username: str = field(default="opencode")
     password: str = field(default="", repr=False)
 
-    @property
+    @cached_property
     def authorization(self) -> bytes:
         token = base64.b64encode(f"{self.username}:{self.password}".encode())
         return b"Basic " + token
 
     def url(self, scheme: str, scope: Scope) -> str:
-        path = scope.get("raw_path") or scope["path"].encode()
-        query = scope.get("query_string") or b""
-        target = path.decode("latin-1") + ("?" + query.decode("latin-1") if query else "")
-        return f"{scheme}://{self.host}:{self.port}{target}"
+        """An absolute URL for a client library (the WebSocket bridge), from parts."""
+        return f"{scheme}://{self.host}:{self.port}" + request_target(scope).decode("latin-1")
 
 
 class UpstreamUnavailable(Exception):
@@ -74,12 +99,18 @@ class UpstreamUnavailable(Exception):
         self.replayable = replayable
 
 
+# Headers the edge itself decides about: a client's `Connection` cannot remove them.
+_MANAGED = frozenset({b"host"})
+
+
 def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
+    """The hop-by-hop names a client's `Connection` header lists (other than those the
+    edge manages: `Connection: close, host` must not send a request without a Host)."""
     tokens: set[bytes] = set()
     for name, value in headers:
         if name.lower() == b"connection":
             tokens.update(t.strip().lower() for t in value.split(b","))
-    return tokens
+    return tokens - _MANAGED
 
 
 def forward_headers(scope: Scope, upstream: Upstream, drop: frozenset[bytes],
@@ -92,6 +123,8 @@ def forward_headers(scope: Scope, upstream: Upstream, drop: frozenset[bytes],
     for name, value in raw:
         lname = name.lower()
         if lname == b"host":
+            if host:
+                continue  # one Host upstream: the first, the one the edge checked
             host = value
         elif lname == b"x-forwarded-for" and trust_forwarded:
             prior_for = value
@@ -117,193 +150,159 @@ def forward_headers(scope: Scope, upstream: Upstream, drop: frozenset[bytes],
     return out
 
 
-def _has_body(scope: Scope) -> bool:
-    for name, value in scope["headers"]:
-        lname = name.lower()
-        if lname == b"content-length":
-            return value.strip() not in (b"", b"0")
-        if lname == b"transfer-encoding":
-            return True
-    return False
-
-
 class HttpForwarder:
-    """Forwards through the pooled transport of the edge's one httpx client.
+    """Forwards HTTP requests over one container link's pool (``edge.upstream``)."""
 
-    Going to the transport directly skips what a proxy must not do anyway —
-    merging default headers, a shared cookie jar, following redirects, auth —
-    and most of httpx's per-request cost.
-    """
-
-    def __init__(self, transport: httpx.AsyncBaseTransport, read_timeout: float,
-                 connect_timeout: float, trust_forwarded: bool) -> None:
-        self.transport = transport
+    def __init__(self, pool: UpstreamPool, read_timeout: float, trust_forwarded: bool) -> None:
+        self.pool = pool
         self.read_timeout = read_timeout
-        self.connect_timeout = connect_timeout
         self.trust_forwarded = trust_forwarded
 
     async def forward(self, scope: Scope, receive: Receive, send: Send, upstream: Upstream,
-                      extra_headers: list[tuple[bytes, bytes]] | None = None,
-                      scheme: str = "http") -> None:
+                      extra_headers: list[tuple[bytes, bytes]] | None = None) -> None:
         """Send the request upstream and stream the answer back.
 
         Raises UpstreamUnavailable when nothing was sent to the client yet, so the
         caller can answer with a clear 502/503 instead.
         """
-        body_done = asyncio.Event()
-        body_read = False
-
-        async def request_body() -> AsyncIterator[bytes]:
-            nonlocal body_read
-            body_read = True
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    raise asyncio.CancelledError("client went away")
-                chunk = message.get("body", b"")
-                if chunk:
-                    yield chunk
-                if not message.get("more_body", False):
-                    break
-            body_done.set()
-
+        method: str = scope["method"]
+        framing, preread = await _framing(scope, receive)
         headers = forward_headers(scope, upstream, _DROP_REQUEST, self.trust_forwarded)
-        wants_stream = accepts_event_stream(scope)
-        timeout = {"connect": self.connect_timeout,
-                   "read": None if wants_stream else self.read_timeout,
-                   "write": self.read_timeout, "pool": self.connect_timeout}
-        has_body = _has_body(scope)
-        if not has_body:
-            body_done.set()
-        request = httpx.Request(
-            scope["method"], upstream.url(scheme, scope), headers=headers,
-            content=request_body() if has_body else None, extensions={"timeout": timeout})
+        lines = [method.encode(), b" ", request_target(scope), b" HTTP/1.1\r\n"]
+        for name, value in headers:
+            lines += (name, b": ", value, b"\r\n")
+        if framing is not None:
+            lines.append(framing)
+        lines.append(b"\r\n")
+        head = b"".join(lines)
+        timeout = None if accepts_event_stream(scope) else self.read_timeout
+        body_read = preread is not None
+        for attempt in range(2):
+            try:
+                conn, reused = await self.pool.acquire()
+            except UpstreamError as exc:
+                raise UpstreamUnavailable(str(exc), replayable=not body_read) from exc
+            try:
+                conn.begin(head, method == "HEAD", timeout)
+                if preread:
+                    await conn.write(preread)
+                elif framing is not None and framing is not _EMPTY:
+                    body_read = True
+                    if not await _send_body(conn, receive, framing is _CHUNKED):
+                        self.pool.release(conn)  # the client left mid-body
+                        return
+                status, response_headers = await conn.response_head()
+            except UpstreamError as exc:
+                if conn.head_done:  # it answered before taking the whole body
+                    status, response_headers = conn.status, conn.headers
+                else:
+                    self.pool.release(conn)
+                    if reused and attempt == 0 and not body_read and not conn.received_any:
+                        continue  # a kept-alive connection the container had just closed
+                    raise UpstreamUnavailable(str(exc), replayable=not body_read) from exc
+            except BaseException:
+                self.pool.release(conn)
+                raise
+            break
         try:
-            response = await self.transport.handle_async_request(request)
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError,
-                httpx.ReadError, httpx.PoolTimeout, httpx.ReadTimeout, ssl.SSLError) as exc:
-            raise UpstreamUnavailable(f"{type(exc).__name__}: {exc}",
-                                      replayable=not body_read) from exc
-        try:
-            await self._respond(response, receive, send, extra_headers or [],
-                                body_done.is_set())
+            await _respond(conn, status, response_headers, receive, send, extra_headers or [])
         finally:
-            await response.aclose()
+            self.pool.release(conn)
 
-    async def _respond(self, response: httpx.Response, receive: Receive, send: Send,
-                       extra_headers: list[tuple[bytes, bytes]], body_done: bool) -> None:
-        raw = response.headers.raw
-        extra_drop = _connection_tokens(raw)
-        headers = [(n.lower(), v) for n, v in raw
-                   if n.lower() not in _DROP_RESPONSE and n.lower() not in extra_drop]
-        headers.extend(extra_headers)
-        await send({"type": "http.response.start", "status": response.status_code,
-                    "headers": headers})
-        streaming = b"content-length" not in {n for n, _ in headers}
-        if streaming and body_done:
-            # Event streams and chunked bodies: stop reading upstream the moment
-            # the client leaves, or the upstream stream would be held forever.
-            await self._stream_until_disconnect(response, receive, send)
-            return
-        async for chunk in response.aiter_raw():
+
+_CHUNKED = b"transfer-encoding: chunked\r\n"
+_EMPTY = b"content-length: 0\r\n"  # said so, and nothing to read
+
+
+async def _framing(scope: Scope, receive: Receive) -> tuple[bytes | None, bytes | None]:
+    """The framing header of the body sent upstream (None: no body), and the body
+    when it had to be read first. The edge frames the body itself: the client's
+    Content-Length / Transfer-Encoding never go upstream as they came."""
+    length: bytes | None = None
+    chunked = False
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            length = value.strip()
+        elif name == b"transfer-encoding":
+            chunked = True
+    if chunked:
+        return _CHUNKED, None
+    if length is not None:
+        if not length.isdigit():
+            raise BadRequest("the Content-Length header is not a number")
+        return (b"content-length: " + length + b"\r\n" if length.strip(b"0") else _EMPTY), None
+    if "aws.event" not in scope:
+        return None, None  # an HTTP server saw no body framing: there is no body
+    # Mangum hands over the whole body at once, whatever the headers say.
+    message = await receive()
+    body = message.get("body", b"") if message["type"] == "http.request" else b""
+    if not body:
+        return None, None
+    return b"content-length: " + str(len(body)).encode() + b"\r\n", body
+
+
+async def _send_body(conn: Connection, receive: Receive, chunked: bool) -> bool:
+    """Stream the client's body upstream; False when the client went away."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            conn.close()
+            return False
+        chunk = message.get("body", b"")
+        if chunk:
+            await conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+        if not message.get("more_body", False):
+            if chunked:
+                await conn.write(b"0\r\n\r\n")
+            return True
+
+
+async def _respond(conn: Connection, status: int, raw: list[tuple[bytes, bytes]],
+                   receive: Receive, send: Send, extra_headers: list[tuple[bytes, bytes]]) -> None:
+    drop = _DROP_RESPONSE | _connection_tokens(raw) if any(
+        n == b"connection" for n, _ in raw) else _DROP_RESPONSE
+    headers = [(name, value) for name, value in raw if name not in drop]
+    headers.extend(extra_headers)
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    if conn.complete and conn.error is None:
+        # The whole answer is already here (the common case for API calls).
+        body = b"".join(conn.chunks)
+        conn.chunks.clear()
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+        return
+    if any(name == b"content-length" for name, _ in headers):
+        # A sized body: a failure mid-way must abort the client's connection too
+        # (raising does), so a truncated body is never taken for a whole one.
+        while (chunk := await conn.read()) is not None:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-    async def _stream_until_disconnect(self, response: httpx.Response, receive: Receive,
-                                       send: Send) -> None:
-        async def pump() -> None:
-            try:
-                async for chunk in response.aiter_raw():
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            except (httpx.ReadError, httpx.RemoteProtocolError) as exc:
-                # The container went away mid-stream: end the client's stream too.
-                log.info("upstream stream ended: %s", type(exc).__name__)
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-        async def disconnected() -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
-
-        pump_task = asyncio.ensure_future(pump())
-        watch_task = asyncio.ensure_future(disconnected())
-        try:
-            await asyncio.wait({pump_task, watch_task}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (pump_task, watch_task):
-                task.cancel()
-            for task in (pump_task, watch_task):
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        if pump_task.done() and not pump_task.cancelled() and pump_task.exception():
-            raise pump_task.exception()  # type: ignore[misc]
-
-
-async def forward_websocket(scope: Scope, receive: Receive, send: Send, upstream: Upstream,
-                            trust_forwarded: bool, scheme: str = "ws",
-                            tls: ssl.SSLContext | None = None,
-                            on_message: Callable[[], None] | None = None) -> None:
-    """Bridge a client WebSocket to the container's. Raises UpstreamUnavailable before
-    the client is accepted when the container refuses."""
-    from websockets.asyncio.client import connect
-    from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
-
-    headers = forward_headers(scope, upstream, _WS_DROP, trust_forwarded)
-    headers = [(n, v) for n, v in headers if n != b"host"]
-    subprotocols = [p for p in scope.get("subprotocols", []) if p]
-    try:
-        upstream_ws = await connect(
-            upstream.url(scheme, scope),
-            additional_headers=[(n.decode("latin-1"), v.decode("latin-1")) for n, v in headers],
-            subprotocols=subprotocols or None,
-            open_timeout=10, ping_interval=20, ping_timeout=20, max_size=None,
-            compression=None, ssl=tls, user_agent_header=None, proxy=None)
-    except (OSError, TimeoutError, InvalidHandshake, InvalidStatus, ssl.SSLError) as exc:
-        raise UpstreamUnavailable(f"{type(exc).__name__}: {exc}") from exc
-
-    message = await receive()
-    if message["type"] != "websocket.connect":
-        await upstream_ws.close()
         return
-    await send({"type": "websocket.accept", "subprotocol": upstream_ws.subprotocol})
+    await _stream(conn, receive, send)
 
-    async def client_to_upstream() -> None:
-        while True:
-            msg = await receive()
-            if msg["type"] == "websocket.receive":
-                if on_message is not None:
-                    on_message()
-                if msg.get("bytes") is not None:
-                    await upstream_ws.send(msg["bytes"])
-                elif msg.get("text") is not None:
-                    await upstream_ws.send(msg["text"])
-            elif msg["type"] == "websocket.disconnect":
-                await upstream_ws.close(code=msg.get("code", 1000))
-                return
 
-    async def upstream_to_client() -> None:
-        try:
-            async for data in upstream_ws:
-                if isinstance(data, bytes):
-                    await send({"type": "websocket.send", "bytes": data})
-                else:
-                    await send({"type": "websocket.send", "text": data})
-            code = upstream_ws.close_code or 1000
-        except ConnectionClosed as exc:
-            code = exc.rcvd.code if exc.rcvd else 1011
-        if code in (1005, 1006, 1015):
-            # Reserved codes that must not be sent in a close frame.
-            code = 1000 if code == 1005 else 1011
-        with contextlib.suppress(Exception):
-            await send({"type": "websocket.close", "code": code})
+async def _stream(conn: Connection, receive: Receive, send: Send) -> None:
+    """An event stream or chunked body: forwarded piece by piece, and dropped
+    upstream the moment the client leaves (or the upstream stream is held forever)."""
+    gone = False
 
-    tasks = {asyncio.ensure_future(client_to_upstream()),
-             asyncio.ensure_future(upstream_to_client())}
+    async def watch() -> None:
+        nonlocal gone
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        gone = True
+        conn.fail("the client went away")
+
+    watcher = asyncio.ensure_future(watch())
     try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        while (chunk := await conn.read()) is not None:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    except UpstreamError as exc:
+        if gone:
+            return
+        # The container went away mid-stream: end the client's stream too.
+        log.info("upstream stream ended: %s", exc)
     finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
-                await task
-        await upstream_ws.close()
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+    await send({"type": "http.response.body", "body": b"", "more_body": False})

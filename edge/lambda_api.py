@@ -3,16 +3,25 @@
 Mangum buffers whole responses, so an event stream can never reach the client
 through it: those requests get a clear 501 that names the streaming front door
 (the Function URL) instead of hanging until the API Gateway timeout.
+
+The edge starts once per cold start, not per request: Mangum's default lifespan
+mode ("auto") runs the app's ASGI start-up and shut-down around every invocation
+(mangum 0.22, adapter.py: ``Mangum.__call__`` enters a ``LifespanCycle`` for "auto"
+and "on"), which would rebuild the AWS clients and the pinned TLS link each time and
+cancel a wake in progress when the invocation ends. So the handler runs with
+``lifespan="off"`` and starts the edge itself, once, on the event loop every
+invocation runs on (``HTTPCycle`` uses ``asyncio.get_event_loop()``).
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from mangum import Mangum
 from starlette.responses import JSONResponse
 
-from edge.app import create_app
+from edge.app import Edge, create_app
 from edge.request import wants_event_stream
 from edge.types import ASGIApp, Receive, Scope, Send
 from infra.settings import Settings
@@ -40,10 +49,14 @@ class BufferedFrontDoor:
         await self.app(scope, receive, send)
 
 
-def build_handler(settings: Settings | None = None) -> Mangum:
+def build_handler(settings: Settings | None = None, edge: Edge | None = None) -> Mangum:
+    """The Mangum handler over ``edge`` (default: built from ``settings``), started now."""
     settings = settings or Settings.from_env()
-    app = BufferedFrontDoor(create_app(settings), settings.stream_url)
-    return Mangum(app, lifespan="auto")
+    edge = edge or create_app(settings)
+    handler = Mangum(BufferedFrontDoor(edge, settings.stream_url), lifespan="off")
+    # Mangum made sure this thread has an event loop; every invocation runs on it.
+    asyncio.get_event_loop().run_until_complete(edge.startup())
+    return handler
 
 
 _handler: Mangum | None = None

@@ -7,8 +7,12 @@
 set -eu
 cd "$(dirname "$0")/.."
 export PYTHONPATH="${LAMBDA_TASK_ROOT:-$PWD}${PYTHONPATH:+:$PYTHONPATH}"
+# The client address comes from the request context the adapter writes into the
+# x-amzn-request-context header, replacing any copy a client sent (edge/request.py).
+export OCEDGE_WEB_ADAPTER=true
 # --no-proxy-headers: the edge itself decides whether to trust X-Forwarded-*
 # (OCEDGE_TRUST_FORWARDED), never uvicorn.
-exec python3 -m uvicorn edge.app:app \
+# edge.server's protocol: httptools, the response head written with its body.
+exec python3 -m uvicorn edge.app:app --loop uvloop --http edge.server:HttpProtocol \
     --host 127.0.0.1 --port "${AWS_LWA_PORT:-8080}" \
     --no-proxy-headers --no-server-header --log-level warning --lifespan on

@@ -1,8 +1,6 @@
-"""The edge's links to the container: one pooled plain-HTTP link, and a TLS link
-pinned to the certificate the current generation's container registered.
-
-httpx is imported when the first link is made, not at start-up: the health check
-a Lambda front door runs first does not need it.
+"""The edge's links to the container: one pool of kept-alive connections per
+container address and generation, over TLS pinned to the certificate that
+generation's container registered (plain HTTP only where it registered none).
 """
 
 from __future__ import annotations
@@ -15,7 +13,7 @@ from infra.interfaces import ContainerState
 from infra.settings import Settings
 
 if TYPE_CHECKING:
-    from edge.forwarding import HttpForwarder
+    from edge.forwarding import HttpForwarder, Upstream
 
 
 def pinned_context(cert_pem: str) -> ssl.SSLContext:
@@ -32,14 +30,12 @@ def pinned_context(cert_pem: str) -> ssl.SSLContext:
 
 @dataclass(frozen=True)
 class Link:
-    """How to reach one container: the HTTP forwarder and, for TLS, its context."""
+    """How to reach one container: where it is, the HTTP forwarder over its pool
+    and, for TLS, the pinned context (the WebSocket bridge uses it too)."""
 
+    upstream: Upstream
     forwarder: HttpForwarder
     tls: ssl.SSLContext | None = None
-
-    @property
-    def http_scheme(self) -> str:
-        return "https" if self.tls else "http"
 
     @property
     def websocket_scheme(self) -> str:
@@ -47,47 +43,46 @@ class Link:
 
 
 class UpstreamLinks:
-    """The links of one edge process; each pools its connections."""
+    """The links of one edge process: the newest container's, and the one before
+    it, kept until the state names another container (a new generation, address or
+    credential). A request still holding the previous state never closes the
+    newest link (and the requests in flight on it)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._plain: Link | None = None
-        self._pinned: tuple[int, Link] | None = None
+        # (key, link), newest first; at most two.
+        self._links: list[tuple[tuple[int, str, str, str], Link]] = []
 
-    def _link(self, tls: ssl.SSLContext | None) -> Link:
-        import httpx
+    def _link(self, current: ContainerState) -> Link:
+        from edge.forwarding import HttpForwarder, Upstream
+        from edge.upstream import UpstreamPool
 
-        from edge.forwarding import HttpForwarder
-
-        transport = httpx.AsyncHTTPTransport(
-            verify=tls if tls is not None else True, trust_env=False,
-            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100,
-                                keepalive_expiry=30))
-        forwarder = HttpForwarder(transport, self.settings.upstream_read_timeout,
-                                  self.settings.upstream_connect_timeout,
+        assert current.endpoint is not None
+        host, _, port = current.endpoint.rpartition(":")
+        tls = pinned_context(current.cert_pem) if current.cert_pem else None
+        pool = UpstreamPool(host, int(port), tls, self.settings.upstream_connect_timeout)
+        forwarder = HttpForwarder(pool, self.settings.upstream_read_timeout,
                                   self.settings.trust_forwarded)
-        return Link(forwarder, tls)
+        return Link(Upstream(host, int(port), password=current.credential or ""), forwarder, tls)
 
     async def to(self, current: ContainerState) -> Link:
         """The link to ``current``'s container: pinned to its certificate when it
-        registered one (a new generation gets a new link and the old one is closed),
-        the plain pooled one otherwise."""
-        if not current.cert_pem:
-            if self._plain is None:
-                self._plain = self._link(None)
-            return self._plain
-        if self._pinned is not None and self._pinned[0] == current.generation:
-            return self._pinned[1]
-        link = self._link(pinned_context(current.cert_pem))
-        old, self._pinned = self._pinned, (current.generation, link)
-        if old is not None:
-            await old[1].forwarder.transport.aclose()
+        registered one. A different container gets a new link, and the link before
+        the previous one has its connections closed."""
+        key = (current.generation, current.endpoint or "", current.credential or "",
+               current.cert_pem or "")
+        for known, link in self._links:
+            if known == key:
+                return link
+        link = self._link(current)
+        if self._links and current.generation < self._links[0][0][0]:
+            self._links.insert(1, (key, link))  # an older state: not the newest link
+        else:
+            self._links.insert(0, (key, link))
+        while len(self._links) > 2:
+            await self._links.pop()[1].forwarder.pool.aclose()
         return link
 
     async def aclose(self) -> None:
-        if self._plain is not None:
-            await self._plain.forwarder.transport.aclose()
-            self._plain = None
-        if self._pinned is not None:
-            await self._pinned[1].forwarder.transport.aclose()
-            self._pinned = None
+        while self._links:
+            await self._links.pop()[1].forwarder.pool.aclose()

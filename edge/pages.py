@@ -1,21 +1,30 @@
 """Every answer the edge writes itself: pages for people, JSON for programs.
 
-One template and one stylesheet serve the waking page (what a browser navigation
-sees while the workspace starts), the logout page and the HTML error pages.
-Pages are self-contained: no external assets.
+One template and one stylesheet serve the login page, the waking page (what a
+browser navigation sees while the workspace starts), the logout page and the HTML
+error pages. Pages are self-contained (no external assets) and carry a strict
+Content-Security-Policy: nothing but their own inline style (and, on the waking
+page, its own script) runs, forms post only to the edge.
 """
 
 from __future__ import annotations
 
 import html
 import json
+from collections.abc import Sequence
 
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from edge.request import wants_html
 from edge.types import Scope
+from infra.progress import CURRENT, FAILED, StepReport
 
 REALM_CHALLENGE = 'Basic realm="opencode-edge", charset="UTF-8"'
+LOGIN_PATH = "/_edge/login"
+LOGOUT_PATH = "/_edge/logout"
+_CSP = ("default-src 'none'; style-src 'unsafe-inline'; script-src {script}; "
+        "connect-src 'self'; img-src 'self' data:; form-action 'self'; base-uri 'none'; "
+        "frame-ancestors 'none'")
 
 _CSS = """
 body{font:16px/1.5 system-ui,sans-serif;margin:0;display:grid;place-items:center;
@@ -28,6 +37,12 @@ border-top-color:#444;border-radius:50%;animation:s 1s linear infinite}
 @keyframes s{to{transform:rotate(360deg)}}
 #failed{display:none;color:#a00}#failed button{margin-top:1rem;font:inherit;padding:.4rem 1rem}
 .muted{color:#666}
+#steps{text-align:left;margin:1rem auto;padding-left:1.5rem;max-width:26rem}
+#steps li{margin:.15rem 0}#steps .current{font-weight:600}#steps .failed{color:#a00}
+form{display:grid;gap:.35rem;margin-top:1rem}label{font-weight:600;margin-top:.4rem}
+input{font:inherit;padding:.45rem .6rem;border:1px solid #999;border-radius:4px}
+button{font:inherit;padding:.5rem 1rem;margin-top:.8rem;cursor:pointer}
+.error{color:#a00;font-weight:600}.notice{color:#064}
 """
 
 _TEMPLATE = """<!doctype html>
@@ -50,6 +65,8 @@ _WAKING = """<div id="waking">
 <p>Status: <strong id="status">__STATUS__</strong> · <span id="elapsed">0 s</span></p>
 <p class="muted">It was asleep to save money. This page continues by itself.</p>
 </div>
+<ol id="steps" aria-label="Steps of the start">__STEPS__</ol>
+<p id="step" role="status" aria-live="polite" class="muted">__STEP__</p>
 <div id="failed" role="alert">
 <h1>The workspace could not start</h1>
 <p id="reason">__REASON__</p>
@@ -63,6 +80,34 @@ _WAKING_SCRIPT = """
   var started = Date.now();
   var done = false;
   function $(id) { return document.getElementById(id); }
+  // The steps of the start (infra/progress.py), as text only: never markup.
+  var steps = [], received = Date.now(), announced = "";
+  function label(st) {
+    var s = st.seconds + (st.state === "current" ? (Date.now() - received) / 1000 : 0);
+    return st.step + " — " + Math.round(s) + " s" +
+      (st.state === "current" ? " (now)" : st.state === "failed" ? " (failed)" : "");
+  }
+  function showSteps(list, reason) {
+    steps = list || []; received = Date.now();
+    var ol = $("steps");
+    while (ol.firstChild) ol.removeChild(ol.firstChild);
+    steps.forEach(function (st) {
+      var li = document.createElement("li");
+      li.className = st.state;
+      li.textContent = label(st) + (st.state === "failed" && reason ? ": " + reason : "");
+      ol.appendChild(li);
+    });
+    var last = steps.length ? steps[steps.length - 1] : null;
+    var now = !last ? "" : last.state === "failed" ? "Failed while " + last.step + "." :
+      last.state === "current" ? "Now: " + last.step + "." : "";
+    if (now !== announced) { announced = now; $("step").textContent = now; }
+  }
+  function tick() {
+    var items = $("steps").children;
+    steps.forEach(function (st, i) {
+      if (st.state === "current" && items[i]) items[i].textContent = label(st);
+    });
+  }
   function fail(reason) {
     done = true;
     $("waking").style.display = "none";
@@ -70,7 +115,7 @@ _WAKING_SCRIPT = """
     $("reason").textContent = reason || "The start failed.";
   }
   setInterval(function () {
-    if (!done) $("elapsed").textContent = Math.round((Date.now() - started) / 1000) + " s";
+    if (!done) { $("elapsed").textContent = Math.round((Date.now() - started) / 1000) + " s"; tick(); }
   }, 250);
   function poll() {
     fetch("/_edge/status", {credentials: "same-origin", cache: "no-store"})
@@ -78,6 +123,7 @@ _WAKING_SCRIPT = """
       .then(function (s) {
         if (s) {
           $("status").textContent = s.status;
+          showSteps(s.steps, s.reason);
           if (s.status === "running") { done = true; location.reload(); return; }
           if (s.status === "failed" && s.generation >= generation) { fail(s.reason); return; }
         }
@@ -85,6 +131,7 @@ _WAKING_SCRIPT = """
       })
       .catch(function () { setTimeout(poll, 2000); });
   }
+  showSteps(__STEPS_JSON__, $("reason").textContent);
   if (__FAILED__) { fail($("reason").textContent); } else { poll(); }
 })();
 </script>"""
@@ -99,21 +146,129 @@ def _render(title: str, content: str, script: str = "", centered: bool = False) 
             .replace("__SCRIPT__", script))
 
 
+def html_response(markup: str, status: int, headers: dict[str, str] | None = None,
+                  script: bool = False) -> HTMLResponse:
+    """An edge page with its Content-Security-Policy (inline script only if ``script``)."""
+    csp = _CSP.format(script="'unsafe-inline'" if script else "'none'")
+    return HTMLResponse(markup, status_code=status,
+                        headers={"Content-Security-Policy": csp, "Cache-Control": "no-store",
+                                 **(headers or {})})
+
+
 def page(title: str, message: str, status: int,
          headers: dict[str, str] | None = None) -> HTMLResponse:
     """A page with a heading and one paragraph (both escaped)."""
     content = f"<h1>{html.escape(title)}</h1><p>{html.escape(message)}</p>"
-    return HTMLResponse(_render(title, content), status_code=status, headers=headers)
+    return html_response(_render(title, content), status, headers)
 
 
-def waking_page(status: str, generation: int, reason: str | None, failed: bool) -> str:
+def login_page(status: int, next_path: str, totp: bool, username: str = "",
+               error: str = "", notice: str = "",
+               headers: dict[str, str] | None = None) -> HTMLResponse:
+    """The login form: user, password and (with 2FA on) the one-time code; posts to
+    the edge with the page to return to. ``error``/``notice`` say what happened."""
+    e = html.escape
+    said = (f'<p class="error" role="alert">{e(error)}</p>' if error else "") + (
+        f'<p class="notice" role="status">{e(notice)}</p>' if notice else "")
+    code = ('<label for="code">One-time code</label>'
+            '<input id="code" name="code" inputmode="numeric" autocomplete="one-time-code" '
+            'required maxlength="9" aria-describedby="code-help">'
+            '<span id="code-help" class="muted">The 6 digits your authenticator app '
+            'shows for opencode-edge.</span>') if totp else ""
+    focus_user = "" if username else " autofocus"
+    content = f"""<h1>Log in to opencode-edge</h1>{said}
+<form method="post" action="{LOGIN_PATH}">
+<input type="hidden" name="next" value="{e(next_path)}">
+<label for="username">User</label>
+<input id="username" name="username" autocomplete="username" required maxlength="256"
+ value="{e(username)}"{focus_user}>
+<label for="password">Password</label>
+<input id="password" name="password" type="password" autocomplete="current-password"
+ required maxlength="1024"{"" if focus_user else " autofocus"}>
+{code}<button type="submit">Log in</button>
+</form>
+<p class="muted">Programs log in with an API key instead (<code>ocedge keys create</code>).</p>"""
+    return html_response(_render("Log in", content), status, headers)
+
+
+def logout_page(logged_in: bool) -> HTMLResponse:
+    """What GET /_edge/logout shows: a button that logs out (a POST, so no other site
+    can log you out with a link)."""
+    if not logged_in:
+        return page("Logged out", "You are not logged in.", 200)
+    content = f"""<h1>Log out of opencode-edge</h1>
+<p>Logging out ends every browser session of this deployment.</p>
+<form method="post" action="{LOGOUT_PATH}"><button type="submit">Log out</button></form>"""
+    return html_response(_render("Log out", content), 200)
+
+
+def _step_label(step: StepReport, reason: str | None) -> str:
+    """A step as the waking page's script writes it too."""
+    label = f"{step.name} — {step.seconds:.0f} s"
+    if step.state == CURRENT:
+        return label + " (now)"
+    if step.state == FAILED:
+        return label + " (failed)" + (f": {reason}" if reason else "")
+    return label
+
+
+def waking_page(status: str, generation: int, reason: str | None, failed: bool,
+                steps: Sequence[StepReport] = ()) -> str:
     """The page a navigation gets while the workspace of ``generation`` starts
-    (or, ``failed``, the reason it could not)."""
-    content = (_WAKING.replace("__STATUS__", html.escape(status))
+    (or, ``failed``, the reason it could not), with the ``steps`` of the start so far."""
+    items = "".join(f'<li class="{step.state}">{html.escape(_step_label(step, reason))}</li>'
+                    for step in steps)
+    # The steps first: the reason is the one value not written by the edge itself.
+    content = (_WAKING.replace("__STEPS__", items).replace("__STEP__", "")
+               .replace("__STATUS__", html.escape(status))
                .replace("__REASON__", html.escape(reason or "")))
+    # Inside a <script>: "<" escaped so no value can close the element.
+    steps_json = json.dumps([step.as_dict() for step in steps]).replace("<", "\\u003c")
     script = (_WAKING_SCRIPT.replace("__GENERATION__", json.dumps(generation))
-              .replace("__FAILED__", "true" if failed else "false"))
+              .replace("__FAILED__", "true" if failed else "false")
+              .replace("__STEPS_JSON__", steps_json))
     return _render("Starting your workspace", content, script, centered=True)
+
+
+# The landing page (edge/landing.py): asks opencode for its project directory and the
+# project's latest session (one is created if it has none), then opens that session by
+# the route the UI's own links use, /<base64url(UTF-8 directory), unpadded>/<"session">/<id>.
+# Anything unexpected opens opencode's home page instead (the landing cookie is set by then).
+_LANDING_SCRIPT = """
+<script>
+(function () {
+  function home() { location.replace("/"); }
+  function json(r) { if (!r.ok) throw new Error(r.status); return r.json(); }
+  var opts = {credentials: "same-origin", cache: "no-store"};
+  fetch("/path", opts).then(json).then(function (p) {
+    var dir = p && p.directory;
+    if (typeof dir !== "string" || !dir) throw new Error("no directory");
+    var q = "?directory=" + encodeURIComponent(dir);
+    return fetch("/session" + q + "&roots=true", opts).then(json).then(function (list) {
+      var latest = null;
+      (list || []).forEach(function (s) {
+        if (s && s.directory === dir && (!latest || s.time.updated > latest.time.updated)) latest = s;
+      });
+      if (latest) return latest;
+      return fetch("/session" + q, {method: "POST", credentials: "same-origin",
+        headers: {"Content-Type": "application/json"}, body: "{}"}).then(json);
+    }).then(function (session) {
+      var bytes = new TextEncoder().encode(dir), binary = "";
+      bytes.forEach(function (b) { binary += String.fromCharCode(b); });
+      var encoded = btoa(binary).replace(/\\+/g, "-").replace(/\\//g, "_").replace(/=/g, "");
+      location.replace("/" + encoded + "/session/" + encodeURIComponent(session.id));
+    });
+  }).catch(home);
+})();
+</script>"""
+
+
+def landing_page() -> HTMLResponse:
+    """What a browser's first navigation of ``/`` gets: on to the workspace project."""
+    content = ('<div class="spin" aria-hidden="true"></div>'
+               '<p role="status">Opening your workspace…</p>')
+    return html_response(_render("Opening your workspace", content, _LANDING_SCRIPT,
+                                 centered=True), 200, script=True)
 
 
 def error(scope: Scope, status: int, code: str, message: str,

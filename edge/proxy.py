@@ -16,12 +16,15 @@ import time
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from edge import pages
+from edge.forwarding import BadRequest, UpstreamUnavailable, request_target
 from edge.links import UpstreamLinks
 from edge.request import ACTIVITY, BACKGROUND, intent, is_navigation
 from edge.types import Receive, Scope, Send
+from edge.websocket import forward_websocket
 from infra.deadline import Deadline
 from infra.interfaces import ContainerState, StateStore, Status
 from infra.lifecycle import Lifecycle
+from infra.progress import report
 from infra.settings import Settings
 
 log = logging.getLogger("ocedge.edge")
@@ -45,6 +48,12 @@ class Proxy:
         self._renewals: set[asyncio.Task[bool]] = set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            request_target(scope)
+        except BadRequest as exc:
+            # Refused before anything is woken or forwarded.
+            await self._bad_request(scope, receive, send, str(exc))
+            return
         kind = intent(scope)
         # An activity request that finds the container gone (it fell asleep since
         # the cached state was read) may take the wake path once more, if none of
@@ -99,22 +108,24 @@ class Proxy:
         """Forward to ``current``'s container. None when done; otherwise it could
         not be reached, nothing was sent to the client, and the result says whether
         the request could be sent again (none of its body was read)."""
-        # Imported on the first forwarded request: httpx stays off the cold start.
-        from edge.forwarding import Upstream, UpstreamUnavailable, forward_websocket
-
-        assert current.endpoint is not None
-        host, _, port = current.endpoint.rpartition(":")
-        upstream = Upstream(host, int(port), password=current.credential or "")
+        if not current.cert_pem and (self.settings.backend == "aws" or self.settings.stack):
+            # On AWS the edge trusts only the certificate the container registered: a
+            # running state without one (written by anything but the container) is
+            # refused, never dialled over plain HTTP. Locally, loopback stays plain.
+            log.error("the running state of generation %d registered no certificate; "
+                      "refusing to reach %s over plain HTTP", current.generation,
+                      current.endpoint)
+            await self._unverified(scope, receive, send)
+            return None
         try:
             link = await self.links.to(current)
             if scope["type"] == "websocket":
-                await forward_websocket(scope, receive, send, upstream,
+                await forward_websocket(scope, receive, send, link.upstream,
                                         self.settings.trust_forwarded,
                                         scheme=link.websocket_scheme, tls=link.tls,
                                         on_message=lambda: self.renew(current))
             else:
-                await link.forwarder.forward(scope, receive, send, upstream,
-                                             scheme=link.http_scheme)
+                await link.forwarder.forward(scope, receive, send, link.upstream)
         except UpstreamUnavailable as exc:
             log.warning("container at generation %d unreachable: %s", current.generation, exc)
             self._cached = None
@@ -145,7 +156,8 @@ class Proxy:
         response: Response
         if is_navigation(scope):
             response = HTMLResponse(
-                pages.waking_page(current.status, current.generation, current.reason, failed),
+                pages.waking_page(current.status, current.generation, current.reason, failed,
+                                  report(current, time.time())),
                 status_code=503, headers=headers)
         elif failed:
             response = JSONResponse(
@@ -159,6 +171,25 @@ class Proxy:
                  "message": f"The workspace is {current.status}; retry after the "
                             "Retry-After seconds."}, status_code=503, headers=headers)
         await response(scope, receive, send)
+
+    async def _bad_request(self, scope: Scope, receive: Receive, send: Send,
+                           message: str) -> None:
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        await pages.error(scope, 400, "bad_request", message)(scope, receive, send)
+
+    async def _unverified(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1011})
+            return
+        await pages.error(
+            scope, 502, "container_unverified",
+            "The container registered no TLS certificate, so the edge cannot verify it "
+            "and will not reach it over plain HTTP. Put it to sleep (`ocedge sleep`) and "
+            "use it again; if this persists, something other than the container wrote "
+            "its state.", title="Workspace unverified",
+            headers={"Cache-Control": "no-store"})(scope, receive, send)
 
     async def _unreachable(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":

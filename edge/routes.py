@@ -1,19 +1,20 @@
 """The edge's own paths under /_edge/; every other path goes on to the proxy.
 
-/_edge/health and /_edge/logout are open to anyone (the authentication layer lets
-them through); /_edge/status needs a login and is what the waking page polls.
+/_edge/health is open to anyone (the authentication layer lets it through);
+/_edge/status needs a login and is what the waking page polls. The login and
+logout paths are answered before authentication, by :mod:`edge.login`.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from starlette.responses import JSONResponse
 
 from edge import pages
-from edge.request import is_secure
-from edge.session import clear_cookie_header
 from edge.types import ASGIApp, Receive, Scope, Send
+from infra import progress
 from infra.interfaces import StateStore
 from infra.settings import Settings
 
@@ -38,13 +39,6 @@ class EdgeRoutes:
             return
         if path == "/_edge/health":
             await JSONResponse({"ok": True})(scope, receive, send)
-        elif path == "/_edge/logout":
-            response = pages.page(
-                "Logged out", "Your opencode-edge session has ended. Close the browser "
-                "window to forget a saved password.", 200)
-            secure = is_secure(scope, self.settings.cookie_secure, self.settings.trust_forwarded)
-            response.raw_headers.append((b"set-cookie", clear_cookie_header(secure)))
-            await response(scope, receive, send)
         elif path == "/_edge/status":
             await self._status(scope, receive, send)
         else:
@@ -60,5 +54,7 @@ class EdgeRoutes:
             "deadline": current.deadline,
             "busy": current.busy,
             "reason": current.reason,
+            # The steps of the start, for the waking page (infra/progress.py).
+            "steps": [step.as_dict() for step in progress.report(current, time.time())],
         }
         await JSONResponse(body, headers={"Cache-Control": "no-store"})(scope, receive, send)

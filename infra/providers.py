@@ -4,8 +4,9 @@
 key store; the container opens it at boot and hands it to opencode
 (:mod:`container.providers`). Nothing else ever sees the key in the clear.
 
-The sealing key is 32 random bytes: on AWS in the deployment's SSM SecureString
-(:mod:`infra.aws.secrets`), locally in ``<state dir>/sealing.key`` (0600).
+The sealing key is 32 random bytes in the container's secrets document
+(:mod:`infra.secrets`): on AWS an SSM SecureString only the container and you can
+read, locally ``<state dir>/container-secrets.json`` (0600).
 
 Sealed form: one version byte, then a pynacl ``SecretBox`` message (random nonce,
 XSalsa20-Poly1305) of ``{"provider": id, "key": key}``. The provider id inside is
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 
 _VERSION = b"\x01"
 # opencode's provider ids ("anthropic", "openai", "amazon-bedrock", a custom "fake"):
@@ -58,21 +60,27 @@ def seal(sealing_key: bytes, provider: str, key: str) -> bytes:
     return _VERSION + bytes(SecretBox(sealing_key).encrypt(plain))
 
 
-def open_sealed(sealing_key: bytes, provider: str, sealed: bytes) -> str:
-    """The key sealed for ``provider``; ProviderKeyError if it does not open."""
+def open_sealed(sealing_key: bytes | Sequence[bytes], provider: str, sealed: bytes) -> str:
+    """The key sealed for ``provider``, under ``sealing_key`` (or any of several: while
+    a rotation re-seals, the old key still opens); ProviderKeyError if it does not open."""
     from nacl.exceptions import CryptoError
     from nacl.secret import SecretBox
 
     if not sealed.startswith(_VERSION):
         raise ProviderKeyError(f"the stored key for {provider} is in an unknown format; "
                                f"set it again with `ocedge provider set {provider}`")
-    try:
-        doc = json.loads(SecretBox(sealing_key).decrypt(sealed[len(_VERSION):]))
-    except (CryptoError, ValueError):
+    doc = None
+    for key in [sealing_key] if isinstance(sealing_key, bytes) else sealing_key:
+        try:
+            doc = json.loads(SecretBox(key).decrypt(sealed[len(_VERSION):]))
+            break
+        except (CryptoError, ValueError):
+            continue
+    if doc is None:
         raise ProviderKeyError(
             f"the stored key for {provider} does not open with this deployment's sealing "
             f"key (was the key sealed for another deployment?); set it again with "
-            f"`ocedge provider set {provider}`") from None
+            f"`ocedge provider set {provider}`")
     if not isinstance(doc, dict) or doc.get("provider") != provider \
             or not isinstance(doc.get("key"), str):
         raise ProviderKeyError(f"the stored key for {provider} was sealed for another provider")

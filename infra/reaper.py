@@ -30,15 +30,20 @@ class ReapResult:
 async def reap(lifecycle: Lifecycle, grace: float = DEFAULT_GRACE,
                now: float | None = None) -> ReapResult:
     """Stop the container if it is overdue: running ``grace`` seconds past its
-    deadline while not busy, or starting/stopping for longer than the lifecycle's
-    ``start_timeout``."""
+    deadline while not busy, or starting/stopping for longer than a start may take
+    (the lifecycle's ``start_limit``: its own start plus its host's transitions).
+
+    A container on a host the lifecycle cannot see (an instance the stack replaced)
+    is given one more ``start_limit`` and then only recorded failed: stopping it
+    from here would stop this deployment's other host instead."""
     now = time.time() if now is None else now
     current = await lifecycle.state.get()
+    extra = 0.0 if lifecycle.sees(current) else lifecycle.start_limit
     overdue = (
         (current.status == Status.RUNNING and current.deadline is not None
-         and now > current.deadline + grace and not current.busy)
+         and now > current.deadline + grace + extra and not current.busy)
         or (current.status in (Status.STARTING, Status.STOPPING)
-            and now > current.since + lifecycle.start_timeout)
+            and now > current.since + lifecycle.start_limit + extra)
     )
     if not overdue:
         return ReapResult(False, current.status, "nothing to reap")

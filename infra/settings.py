@@ -8,13 +8,20 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# The shortest admin password accepted, wherever it is set (init, admin password,
+# OCEDGE_ADMIN_PASSWORD).
+MIN_PASSWORD_LENGTH = 12
+# The host names a local edge always answers to (DNS rebinding: any other is refused).
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 _CAPTURED = frozenset({"opencode_env", "system_env"})
 _EDGE_ONLY = frozenset({"admin_password", "pepper", "session_secret"})
 _SYSTEM = frozenset({"PATH", "HOME", "LANG", "LC_ALL", "TERM", "TZ", "USER", "SHELL",
@@ -51,8 +58,22 @@ class Settings:
     pepper: str | None = field(default=None, repr=False)
     session_secret: str | None = field(default=None, repr=False)
 
-    # Failed-login throttle: this many failures within the window → 429.
+    # The edge's own web address (scheme://host[:port]): the one Origin a write or a
+    # WebSocket may come from, besides the address the request itself was sent to.
+    public_url: str | None = None
+    # More host names the local edge answers to, comma-separated (besides 127.0.0.1,
+    # localhost, ::1 and the public URL's host); set on AWS, they are checked there too.
+    allowed_hosts: str = ""
+    # The edge runs under Lambda Web Adapter (edge/lambda_stream.sh says so): the
+    # client address comes from the request context the adapter writes into the
+    # x-amzn-request-context header (overwriting any copy a client sent).
+    web_adapter: bool = False
+
+    # Failed-login throttle: this many failures from one address within the window
+    # → 429; this many admin-password failures from everyone together → 429 for
+    # password logins (API keys and sessions still work).
     auth_max_failures: int = 10
+    auth_max_failures_global: int = 100
     auth_window: float = 300.0
     # How long the edge trusts its cached admin and API-key records (revocation delay).
     key_cache_ttl: float = 30.0
@@ -77,6 +98,11 @@ class Settings:
     opencode_start_timeout: float = 60.0
     # opencode's own data (sessions database, config, cache); local disk.
     opencode_data_dir: Path | None = None
+    # The user opencode (the agent) runs as when the container runs as root: a name
+    # from /etc/passwd or uid[:gid]. Unset: as the container's own user (local mode).
+    # The image sets it: the agent then has no AWS credentials and cannot read the
+    # container's files (see container/agent.py).
+    agent_user: str | None = None
     # OPENCODE_* variables handed through to the opencode server.
     opencode_env: Mapping[str, str] = field(default_factory=dict, repr=False)
     # The few process variables child processes need (PATH, HOME, locale, npm's).
@@ -99,9 +125,11 @@ class Settings:
     keys_table: str | None = None
     state_table: str | None = None
     instance_id: str | None = None
-    # SSM SecureString holding the deployment's server secrets (sealing key, pepper,
-    # cookie key) as JSON; written by `ocedge init`.
+    # SSM SecureStrings of the server secrets (infra/aws/secrets.py), written by
+    # `ocedge init`: the edge's (API-key peppers, cookie key) and the container's
+    # (the provider-key sealing key). Each side's role may read only its own.
     secrets_parameter: str | None = None
+    container_secrets_parameter: str | None = None
     # The streaming front door's URL, named in the buffered front door's 501s.
     stream_url: str | None = None
 
@@ -114,12 +142,28 @@ class Settings:
     # The address the edge should dial; unset: discovered (EC2 metadata) or 127.0.0.1.
     public_host: str | None = None
 
+    # Notices (infra/notify.py): a webhook (its URL may hold a token: never logged) in a
+    # format, an SNS topic on AWS; runs under notify_min_run s end without one. An open
+    # permission question keeps the workspace awake permission_hold more idle periods.
+    notify_url: str | None = field(default=None, repr=False)
+    notify_format: str = "json"
+    notify_min_run: float = 30.0
+    notify_topic: str | None = None
+    permission_hold: float = 1.0
+    # Git servers besides https://github.com given GITHUB_TOKEN (comma-separated URLs).
+    git_token_hosts: str = ""
+
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
         # Every construction validates (from_env, with_overrides, a test's Settings(...)):
         # each rule is checked here and nowhere else.
         self._validate()
+
+    @property
+    def extra_hosts(self) -> tuple[str, ...]:
+        """``allowed_hosts`` as lower-case names."""
+        return tuple(h.strip().lower() for h in self.allowed_hosts.split(",") if h.strip())
 
     @property
     def workspace_path(self) -> Path:
@@ -208,16 +252,52 @@ class Settings:
                      "upstream_read_timeout", "idle_timeout", "opencode_start_timeout", "stop_budget"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"OCEDGE_{name.upper()} must be greater than 0")
-        for name in ("wake_wait", "key_cache_ttl"):
+        for name in ("wake_wait", "key_cache_ttl", "notify_min_run", "permission_hold"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"OCEDGE_{name.upper()} must not be negative")
-        if self.auth_max_failures < 1:
-            raise SettingsError("OCEDGE_AUTH_MAX_FAILURES must be at least 1")
+        for name in ("auth_max_failures", "auth_max_failures_global"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"OCEDGE_{name.upper()} must be at least 1")
+        if self.admin_password is not None and len(self.admin_password) < MIN_PASSWORD_LENGTH:
+            raise SettingsError(f"OCEDGE_ADMIN_PASSWORD must be at least {MIN_PASSWORD_LENGTH} "
+                                "characters")
+        if self.public_url is not None:
+            _check_public_url(self.public_url)
+        for host in self.extra_hosts:
+            if not _HOST_NAME.match(host):
+                raise SettingsError(f"OCEDGE_ALLOWED_HOSTS: {host!r} is not a host name")
         for name in ("port", "gate_port"):
             if not 0 < getattr(self, name) < 65536:
                 raise SettingsError(f"OCEDGE_{name.upper()} must be a TCP port number")
+        if self.agent_user is not None and not _AGENT_USER.match(self.agent_user):
+            raise SettingsError("OCEDGE_AGENT_USER must be a user name or uid[:gid], not root")
+        if self.notify_format not in ("json", "ntfy", "slack"):
+            raise SettingsError("OCEDGE_NOTIFY_FORMAT must be 'json', 'ntfy' or 'slack'")
+        for name, url in [("NOTIFY_URL", self.notify_url or "http://-"), *(
+                ("GIT_TOKEN_HOSTS", h) for h in self.git_token_hosts.split(",") if h.strip())]:
+            if urlsplit(url.strip()).scheme not in ("http", "https") or not urlsplit(url).hostname:
+                raise SettingsError(f"OCEDGE_{name} must be http(s)://host URLs")  # unquoted
         if not self.admin_user or ":" in self.admin_user:
             raise SettingsError("OCEDGE_ADMIN_USER must be non-empty and contain no ':'")
+
+
+# A user name or uid[:gid]; never root (0 or "root").
+_AGENT_USER = re.compile(r"^(?!root$)[a-z_][a-z0-9_-]{0,31}$|^(?!0(:|$))[0-9]+(:[0-9]+)?$")
+_HOST_NAME = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$"
+                        r"|^[0-9a-f:]+$")
+
+
+def _check_public_url(value: str) -> None:
+    problem = "must be the edge's web address, like https://edge.example.com"
+    try:
+        split = urlsplit(value.strip())
+        split.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        raise SettingsError(f"OCEDGE_PUBLIC_URL {problem}") from None
+    if split.scheme.lower() not in ("http", "https") or not split.hostname \
+            or split.path not in ("", "/") or split.query or split.fragment \
+            or split.username is not None:
+        raise SettingsError(f"OCEDGE_PUBLIC_URL {problem} (no path, query or user)")
 
 
 def _parse(name: str, kind: Any, raw: str) -> Any:

@@ -3,8 +3,12 @@ message naming what is missing: `make test` installs both."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 import shutil
+import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +17,30 @@ import pytest
 from infra.settings import find_opencode
 from tests.support.edge import EdgeServer, make_settings, running_edge
 from tests.support.fake_model import FakeModelServer
+from tests.support.procs import RUN_MARKER, leftovers
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_left_behind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """At the end of the run, no process this run started may still be running:
+    neither pytest's descendants, nor orphans carrying this run's marker, nor
+    anything working in this run's temporary directories. Other runs (other
+    checkouts, other pytest processes of this one) are not counted. Set up first,
+    so it is torn down last, after every other fixture stopped what it started."""
+    run_id = f"{os.getpid()}-{secrets.token_hex(4)}"
+    os.environ[RUN_MARKER] = run_id
+    yield
+    roots = [tmp_path_factory.getbasetemp().resolve()]
+    deadline = time.monotonic() + 15  # containers stopping in the background
+    while (left := leftovers(run_id, roots)) and time.monotonic() < deadline:
+        time.sleep(0.25)
+    for process in left:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(process.pid, signal.SIGKILL)
+    if left:
+        listing = "\n".join(f"  {p.pid} ({p.why}): {p.command}" for p in left)
+        pytest.fail(f"{len(left)} process(es) started by this test run were still running at "
+                    f"its end (now killed):\n{listing}", pytrace=False)
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ else.
 
 from __future__ import annotations
 
+from container.agent import AgentUser
 from container.workspace.base import Workspace, WorkspaceError
 from container.workspace.local import LocalWorkspace
 from container.workspace.s3 import S3Workspace
@@ -21,10 +22,11 @@ from infra.settings import Settings
 __all__ = ["LocalWorkspace", "S3Workspace", "Workspace", "WorkspaceError", "open_workspace"]
 
 
-def open_workspace(settings: Settings) -> Workspace:
-    """The workspace the settings ask for (not opened yet)."""
+def open_workspace(settings: Settings, agent: AgentUser | None = None) -> Workspace:
+    """The workspace the settings ask for (not opened yet), for opencode running as
+    ``agent`` (None: as the container's own user)."""
     if settings.workspace == "s3":
-        return S3Workspace(settings)
+        return S3Workspace(settings, agent)
     if settings.s3_bucket:
         # S3 is half configured: running on a local directory would lose the work.
         raise WorkspaceError(

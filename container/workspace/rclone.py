@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 
+from container.agent import AgentUser
 from container.child import Child
 from container.workspace.base import WorkspaceError
 from container.workspace.fuse import FIX_FUSE, fuse_mount_at, unmount
@@ -45,8 +46,10 @@ class RcloneMount:
     """``rclone mount`` of one S3 location at ``mountpoint``: ``start``, ``drain``, ``unmount``."""
 
     def __init__(self, location: S3Location, mountpoint: Path, cache_dir: Path, run_dir: Path,
-                 env: Mapping[str, str], fusermount: str, binary: str | None = None) -> None:
+                 env: Mapping[str, str], fusermount: str, binary: str | None = None,
+                 agent: AgentUser | None = None) -> None:
         self.location = location
+        self.agent = agent
         self.mountpoint = mountpoint
         self.cache_dir = cache_dir
         self.fusermount = fusermount
@@ -77,7 +80,16 @@ class RcloneMount:
                 # executable: scripts, node_modules/.bin and ./gradlew must run.
                 "--file-perms", "0755",
                 "--cache-dir", str(self.cache_dir), "--transfers", str(TRANSFERS),
-                "--rc", "--rc-addr", f"unix://{self.socket}", "--log-level", "NOTICE"]
+                "--rc", "--rc-addr", f"unix://{self.socket}", "--log-level", "NOTICE",
+                *self._ownership()]
+
+    def _ownership(self) -> list[str]:
+        """Mounted by root for the agent's user: every file is the agent's, and the
+        agent (another user than the one mounting) may use the mount."""
+        if self.agent is None:
+            return []
+        return ["--allow-other", "--uid", str(self.agent.uid), "--gid", str(self.agent.gid),
+                "--umask", "022"]
 
     # -- the remote-control API ------------------------------------------------------
 

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from container.agent import AgentUser, AgentUserError
 from container.opencode_config import CONFIG_HOME, seed_config
 from container.workspace.base import WorkspaceError
 from container.workspace.fuse import check_fuse
@@ -39,13 +40,19 @@ class S3Workspace:
     """The bucket mounted at the workspace path, opencode's config directory on it and
     its database replicated beside it."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, agent: AgentUser | None = None) -> None:
+        self.agent = agent
         self.location = S3Location.from_settings(settings)
         self.path = settings.workspace_path.resolve()
         state_dir = settings.state_dir.resolve()
         self.cache_dir = state_dir / "vfs-cache"
         self.env = go_tool_env(settings.system_env)
-        self.database = (settings.opencode_data.resolve() / "data" / "opencode" / "opencode.db")
+        # opencode's data directory; the agent's when opencode runs as its own user.
+        self.data_root = settings.opencode_data.resolve()
+        self.database = self.data_root / "data" / "opencode" / "opencode.db"
+        # Litestream's own state: the supervisor's, not beside the database in the
+        # agent's directory.
+        self.litestream_meta = state_dir / "opencode-db.litestream"
         self.marker = s3_marker(settings)
         self.mount: RcloneMount | None = None
         self.litestream: Litestream | None = None
@@ -66,9 +73,17 @@ class S3Workspace:
         await self._check_endpoint()
         self._run_dir = self._new_run_dir()
         self.mount = RcloneMount(self.location, self.path, self.cache_dir, self._run_dir,
-                                 self.env, fusermount)
+                                 self.env, fusermount, agent=self.agent)
         self.litestream = Litestream(tool_path("litestream"), self.database,
-                                     self.location.database, self._run_dir, self.env)
+                                     self.location.database, self._run_dir, self.env,
+                                     meta=self.litestream_meta,
+                                     trusted=self.data_root if self.agent else None)
+        if self.agent is not None:
+            # opencode (the agent) writes its database and the files beside it.
+            try:
+                self.agent.own(self.database.parent)
+            except AgentUserError as exc:
+                raise WorkspaceError(str(exc)) from None
         # The database does not live on the mount: restore it while mounting. The first
         # failure cancels the other step.
         steps = [asyncio.ensure_future(self._mount()),
@@ -79,6 +94,8 @@ class S3Workspace:
         await asyncio.gather(*pending, return_exceptions=True)
         failed = [error for step in steps if step.done() and not step.cancelled()
                   and (error := step.exception()) is not None]
+        if self.agent is not None and not failed:
+            self.agent.hand_over(self.database)
         if failed:  # the mount's error first: it says more
             await self._abandon()
             error = failed[0]
@@ -111,6 +128,11 @@ class S3Workspace:
         assert self.mount is not None
         await self.mount.start()
         self.marker.write_text(json.dumps({"where": self.location.where}) + "\n")
+        planted = [p for p in (self.config_home, self.config_home / "opencode") if p.is_symlink()]
+        if planted:
+            # The bucket's files are the agent's: root does not write through its links.
+            log.warning("not seeding opencode's config directory: %s is a symlink", planted[0])
+            return
         created = await asyncio.to_thread(seed_config, self.config_home)
         if created:
             log.info("seeded opencode's config directory: %s", ", ".join(created))

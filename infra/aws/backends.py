@@ -46,7 +46,8 @@ def _open(settings: Settings, api: AwsApi, secrets_api: Boto3Api) -> Backends:
         state=DynamoDBStateStore(api, settings.state_table),
         compute=EC2Compute(api, settings.instance_id),
         # Secrets are read with blocking calls, once per process.
-        secrets=SsmSecrets(secrets_api, settings.secrets_parameter),
+        secrets=SsmSecrets(secrets_api, settings.secrets_parameter,
+                           settings.container_secrets_parameter),
         overrides=secret_overrides(settings),
         api=api,
     )

@@ -1,10 +1,31 @@
 """Compute as one EC2 instance that is stopped while the workspace sleeps.
 
-The instance boots the container under systemd; the container exiting 0 powers
-the instance off. ``start`` and ``stop`` are idempotent and cope with the
-in-between states: a start while the instance is still stopping waits until it
-has stopped, then starts it; a stop while it is pending retries until EC2
-accepts it.
+The instance boots, asks the state item whether a start was asked of it (the user
+data's decision), and runs the container under systemd; the container's "asleep"
+exit powers the instance off. ``start`` and ``stop`` are idempotent and cope with
+the in-between states: a start while the instance is still stopping waits until it
+has stopped, then starts it; a stop while it is pending retries until EC2 accepts it.
+
+How long those in-between states last is :data:`EC2_BUDGET`, which the lifecycle
+waits out before it calls a start stale. EC2 documents the states and their order
+("When you launch or start an instance, it enters the pending state and then the
+running state. When you stop an instance, it enters the stopping state and then the
+stopped state": docs.aws.amazon.com/AWSEC2/latest/UserGuide/monitoring-instance-state-changes.html)
+but no durations; AWS's own waiters for them (``aws ec2 wait instance-stopped`` /
+``instance-running``) poll every 15 s and give up after 40 checks, i.e. 600 s
+(docs.aws.amazon.com/cli/latest/reference/ec2/wait/instance-stopped.html). Within
+that ceiling the budget is what this deployment's own steps take, with room:
+
+- stopping 180 s: the OS shutdown stops the container first, and the container's
+  save may take ``TimeoutStopSec=120`` s (deploy/host/ocedge.service) before EC2
+  finishes the stop; an idle container has saved already and stops in seconds;
+- pending 90 s: EC2 placing the stopped instance again (typically well under a minute);
+- boot 150 s: the OS boots, cloud-init runs the user data (its decision, a pull of a
+  new image) and systemd starts the container, which then has its own start budget
+  (Settings.start_timeout) on top.
+
+Stop, start and boot together are 420 s; with the container's 90 s a start is given
+up only after 510 s, inside AWS's 600 s waiter ceiling.
 """
 
 from __future__ import annotations
@@ -15,7 +36,7 @@ import time
 from typing import Any
 
 from infra.aws.client import AwsApi, AwsError
-from infra.interfaces import BackendError, ComputeInfo
+from infra.interfaces import BackendError, ComputeInfo, HostBudget
 
 log = logging.getLogger("ocedge.compute")
 
@@ -23,16 +44,21 @@ UP = ("pending", "running")
 DOWN = ("stopping", "stopped")
 GONE = ("shutting-down", "terminated")
 
+EC2_BUDGET = HostBudget(stopping=180.0, pending=90.0, boot=150.0,
+                        # A waker sees "stopped" between the end of a stop and the
+                        # lease holder's StartInstances (it polls every 2 s).
+                        handoff=15.0, describe_every=2.0)
+
 
 class EC2Compute:
     def __init__(self, api: AwsApi, instance_id: str | None, poll: float = 2.0,
-                 wait_timeout: float = 300.0) -> None:
+                 budget: HostBudget = EC2_BUDGET) -> None:
         self.api = api
         self._instance_id = instance_id
-        # How often to look again while the instance is between states, and for
-        # how long at most (a stop with the container checkpointing takes a while).
+        self.host = instance_id or ""
+        self.budget = budget
+        # How often to look again while the instance is between states.
         self.poll = poll
-        self.wait_timeout = wait_timeout
 
     @property
     def instance_id(self) -> str:
@@ -62,8 +88,10 @@ class EC2Compute:
         raise BackendError(f"EC2 does not describe the instance {self.instance_id!r}")
 
     async def start(self) -> None:
-        """Start the instance; a no-op if it is pending or running."""
-        give_up = time.monotonic() + self.wait_timeout
+        """Start the instance; a no-op if it is pending or running. An instance that
+        is still stopping is waited for (up to the stopping budget): EC2 starts only
+        a stopped instance."""
+        give_up = time.monotonic() + self.budget.stopping + self.budget.handoff
         while True:
             name, _ = await self.state()
             if name in UP:
@@ -82,7 +110,8 @@ class EC2Compute:
                         raise
             if time.monotonic() > give_up:
                 raise BackendError(f"the EC2 instance {self.instance_id} is still {name} after "
-                                   f"{self.wait_timeout:.0f} s; try again later")
+                                   f"{self.budget.stopping + self.budget.handoff:.0f} s; "
+                                   f"try again later")
             # Stopping: EC2 cannot start it until it has stopped.
             await asyncio.sleep(self.poll)
 
@@ -91,7 +120,7 @@ class EC2Compute:
 
         Returns once EC2 accepted the stop; the container records ``stopped`` when done.
         """
-        give_up = time.monotonic() + self.wait_timeout
+        give_up = time.monotonic() + self.budget.pending + self.budget.handoff
         while True:
             name, _ = await self.state()
             if name in DOWN or name in GONE:
@@ -106,12 +135,12 @@ class EC2Compute:
                     raise
             if time.monotonic() > give_up:
                 raise BackendError(f"the EC2 instance {self.instance_id} did not accept a stop "
-                                   f"within {self.wait_timeout:.0f} s")
+                                   f"within {self.budget.pending + self.budget.handoff:.0f} s")
             await asyncio.sleep(self.poll)
 
     async def describe(self) -> ComputeInfo:
         name, reason = await self.state()
         detail = f"EC2 {self.instance_id} {name}" + (f": {reason}" if reason else "")
         # Stopping counts as down: the container on it is going away, and a start
-        # asked for now waits for the stop to finish.
-        return ComputeInfo(running=name in UP, detail=detail)
+        # asked for now waits for the stop to finish. Pending counts as up.
+        return ComputeInfo(running=name in UP, detail=detail, state=name)

@@ -26,10 +26,10 @@ def handler(event: Any, context: Any, settings: Settings | None = None) -> dict[
     if isinstance(event, dict) and isinstance(event.get("grace"), int | float):
         grace = float(event["grace"])
     backends = backends_for_tools(settings)
-    # A stuck start on EC2 is a boot plus opencode's start: give it that long.
-    start_timeout = max(600.0, settings.opencode_start_timeout + 300.0)
+    # The same limit the edge gives a start: the container's own start plus the EC2
+    # instance's stop, start and boot (infra/aws/compute.py, EC2_BUDGET).
     lifecycle = Lifecycle(backends.state, backends.compute, owner=process_owner("reaper"),
-                          start_timeout=start_timeout)
+                          start_timeout=settings.start_timeout)
     result = asyncio.run(reap(lifecycle, grace=grace))
     log.info("reaper: %s (%s)", result.detail, result.status)
     return {"reaped": result.reaped, "status": result.status, "detail": result.detail}

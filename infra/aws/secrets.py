@@ -1,120 +1,73 @@
-"""The deployment's server secrets in one SSM SecureString.
+"""The deployment's server secrets in two SSM SecureStrings, split by who reads them.
 
-``{"version": 1, "sealing_key": hex, "pepper": hex, "session_secret": hex}``, each 32
-random bytes: the sealing key opens provider credentials, the pepper keys the
-API-key hashes, the session secret signs cookies. CloudFormation cannot create a
-SecureString, so the first process that needs the secrets — ``ocedge init``,
-normally — creates the parameter; ``Overwrite=False`` makes that race-safe (the
-loser reads the winner's value). Nothing ever replaces an existing value: that
-would invalidate every API key and sealed credential.
+- ``/opencode-edge/<stack>/edge-secrets`` (output ``SecretsParameter``, setting
+  ``OCEDGE_SECRETS_PARAMETER``): the edge's document — the API-key peppers and the
+  cookie key. The edge functions may read it (and create it, if an edge starts before
+  ``ocedge init``); the host role may not.
+- ``/opencode-edge/<stack>/container-secrets`` (output ``ContainerSecretsParameter``,
+  setting ``OCEDGE_CONTAINER_SECRETS_PARAMETER``): the container's — the sealing key
+  that opens provider keys. The host role may read it; the edge functions may not.
 
-Reads are blocking (botocore/boto3): they happen once per process, at start-up or
-in the CLI, and the values never change.
+The documents are :mod:`infra.secrets`'s JSON. CloudFormation cannot create a
+SecureString, so ``ocedge init`` creates them (``Overwrite=False``: a racing creator
+reads the winner's); only ``ocedge admin rotate-secrets`` replaces them.
+
+Reads are blocking (botocore/boto3): once per process, and then on the edge every
+``OCEDGE_KEY_CACHE_TTL`` seconds off the event loop.
 """
 
 from __future__ import annotations
 
-import json
-import secrets
-import threading
-from dataclasses import dataclass, field
-
 from infra.aws.client import AwsError, Boto3Api
-from infra.interfaces import BackendError
+from infra.errors import BackendError
+from infra.secrets import CONTAINER, EDGE
 
-SECRET_NAMES = ("sealing_key", "pepper", "session_secret")
-_BYTES = 32
-
-
-@dataclass(frozen=True)
-class ServerSecrets:
-    sealing_key: bytes = field(repr=False)
-    pepper: bytes = field(repr=False)
-    session_secret: bytes = field(repr=False)
-
-    @classmethod
-    def generate(cls) -> ServerSecrets:
-        return cls(*(secrets.token_bytes(_BYTES) for _ in SECRET_NAMES))
-
-    def to_json(self) -> str:
-        return json.dumps({"version": 1, **{name: getattr(self, name).hex()
-                                            for name in SECRET_NAMES}})
-
-    @classmethod
-    def from_json(cls, text: str, parameter: str) -> ServerSecrets:
-        try:
-            doc = json.loads(text)
-            values = [bytes.fromhex(doc[name]) for name in SECRET_NAMES]
-        except (ValueError, KeyError, TypeError):
-            raise BackendError(
-                f"the SSM parameter {parameter!r} does not hold opencode-edge secrets (JSON "
-                f"with {', '.join(SECRET_NAMES)}); it is not ours, or was edited") from None
-        if any(len(value) < 16 for value in values):
-            raise BackendError(f"the SSM parameter {parameter!r} holds secrets that are too short")
-        return cls(*values)
+_SETTINGS = {EDGE: ("OCEDGE_SECRETS_PARAMETER", "SecretsParameter"),
+             CONTAINER: ("OCEDGE_CONTAINER_SECRETS_PARAMETER", "ContainerSecretsParameter")}
+_DESCRIPTIONS = {
+    EDGE: "opencode-edge: the edge's secrets (API-key peppers, cookie key). Made by ocedge "
+          "init, replaced by ocedge admin rotate-secrets. Never edit.",
+    CONTAINER: "opencode-edge: the container's secret (the provider-key sealing key). Made "
+               "by ocedge init, replaced by ocedge admin rotate-secrets. Never edit.",
+}
 
 
 class SsmSecrets:
-    """Reads (and, when asked, creates) the secrets parameter; caches what it read."""
+    """A :class:`~infra.secrets.SecretSource` of two SSM SecureString parameters."""
 
-    def __init__(self, api: Boto3Api, parameter: str | None) -> None:
+    def __init__(self, api: Boto3Api, edge: str | None, container: str | None) -> None:
         self.api = api
-        self._parameter = parameter
-        self._lock = threading.Lock()
-        self._cached: ServerSecrets | None = None
+        self._parameters = {EDGE: edge, CONTAINER: container}
 
-    @property
-    def parameter(self) -> str:
-        if not self._parameter:
-            raise BackendError("no secrets parameter is configured: set "
-                               "OCEDGE_SECRETS_PARAMETER or use --stack NAME (the stack's "
-                               "SecretsParameter output)")
-        return self._parameter
+    def where(self, name: str) -> str:
+        parameter = self._parameters[name]
+        if not parameter:
+            setting, output = _SETTINGS[name]
+            raise BackendError(f"no SSM parameter is configured for the {name}'s secrets: set "
+                               f"{setting} or use --stack NAME (the stack's {output} output)")
+        return parameter
 
-    def _read(self) -> ServerSecrets | None:
+    def read(self, name: str) -> str | None:
         try:
-            response = self.api.call_sync("ssm", "get_parameter", Name=self.parameter,
+            response = self.api.call_sync("ssm", "get_parameter", Name=self.where(name),
                                           WithDecryption=True)
         except AwsError as exc:
             if exc.code == "ParameterNotFound":
                 return None
             raise
-        return ServerSecrets.from_json(str(response["Parameter"]["Value"]), self.parameter)
+        return str(response["Parameter"]["Value"])
 
-    def read(self) -> ServerSecrets | None:
-        """The secrets, or None before ``ocedge init`` created them."""
-        with self._lock:
-            if self._cached is None:
-                self._cached = self._read()
-            return self._cached
+    def create(self, name: str, text: str) -> bool:
+        try:
+            self.api.call_sync("ssm", "put_parameter", Name=self.where(name), Value=text,
+                               Type="SecureString", Overwrite=False,
+                               Description=_DESCRIPTIONS[name])
+        except AwsError as exc:
+            if exc.code == "ParameterAlreadyExists":
+                return False
+            raise
+        return True
 
-    def ensure(self) -> bool:
-        """Create the parameter if it is missing; True if this call created it."""
-        with self._lock:
-            if self._cached is not None:
-                return False
-            found = self._read()
-            if found is not None:
-                self._cached = found
-                return False
-            fresh = ServerSecrets.generate()
-            try:
-                self.api.call_sync(
-                    "ssm", "put_parameter", Name=self.parameter, Value=fresh.to_json(),
-                    Type="SecureString", Overwrite=False,
-                    Description="opencode-edge server secrets (sealing key, pepper, "
-                                "session secret); created by ocedge init. Never edit.")
-            except AwsError as exc:
-                if exc.code != "ParameterAlreadyExists":
-                    raise
-                # Someone else created it between our read and our write: theirs wins.
-                self._cached = self._read()
-                return False
-            self._cached = fresh
-            return True
-
-    def get(self, name: str, create: bool) -> bytes | None:
-        if create:
-            self.ensure()
-        found = self.read()
-        return getattr(found, name) if found is not None else None
+    def replace(self, name: str, text: str) -> None:
+        self.api.call_sync("ssm", "put_parameter", Name=self.where(name), Value=text,
+                           Type="SecureString", Overwrite=True)

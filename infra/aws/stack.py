@@ -1,7 +1,7 @@
 """Find a deployment's resources from its CloudFormation stack's outputs.
 
 ``ocedge --stack NAME`` (or ``OCEDGE_STACK``) means: read the table names, the
-instance, the secrets parameter, the bucket and the region from the outputs of
+instance, the two secrets parameters, the bucket and the region from the outputs of
 stack NAME. Settings given explicitly win over the outputs.
 """
 
@@ -19,9 +19,11 @@ OUTPUTS = {
     "StateTable": "state_table",
     "InstanceId": "instance_id",
     "SecretsParameter": "secrets_parameter",
+    "ContainerSecretsParameter": "container_secrets_parameter",
     "BucketName": "s3_bucket",
     "Region": "aws_region",
     "WebUrl": "stream_url",
+    "NotifyTopic": "notify_topic",
 }
 # Outputs that are shown to the user but are not settings.
 SHOWN = ("WebUrl", "ApiUrl")

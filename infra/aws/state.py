@@ -17,7 +17,7 @@ from infra.aws.items import DynamoTable, decode_item, encode, encode_item, numbe
 from infra.interfaces import ContainerState, Status
 
 _KEY = {"pk": {"S": "state"}}
-_OPTIONAL_TEXT = ("endpoint", "credential", "cert_pem", "lease_owner", "reason")
+_OPTIONAL_TEXT = ("endpoint", "credential", "cert_pem", "lease_owner", "reason", "host")
 
 
 def _load(values: dict[str, Any]) -> ContainerState:
@@ -28,6 +28,8 @@ def _load(values: dict[str, Any]) -> ContainerState:
         deadline=number(values.get("deadline")),
         last_activity=number(values.get("last_activity")),
         busy=bool(values.get("busy", False)),
+        # A list of [step, time] lists in the item.
+        steps=tuple((str(step), float(at)) for step, at in values.get("steps", ())),
         **{name: (str(values[name]) if name in values else None) for name in _OPTIONAL_TEXT},
     )
 

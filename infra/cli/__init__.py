@@ -2,11 +2,14 @@
 
     ocedge dev                       run the local deployment
     ocedge keys create|list|revoke   API keys
-    ocedge admin password            set the admin password (prompt or stdin)
+    ocedge admin password|totp|logout-all   the admin login: password, 2FA, sessions
+    ocedge admin rotate-secrets      replace the server secrets (sessions end, keys carried over)
     ocedge status|wake|sleep         the container's state; start or stop it
     ocedge reap                      stop a container that hung past its deadline
     ocedge init --stack NAME         initialise a deployed stack (admin, secrets, first key)
     ocedge provider set|list|remove  sealed model-provider keys (BYOK)
+    ocedge secret set|list|remove    sealed secrets for the agent's tools (GITHUB_TOKEN…)
+    ocedge notify set-webhook|test   where notices go (a sealed webhook), and a sample
 
 Every command honours --state-dir (default: OCEDGE_STATE_DIR or .ocedge/) and
 --stack (default: OCEDGE_STACK; without one, the local backend). One module per
@@ -21,16 +24,17 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from infra.cli import admin, dev, init, keys, lifecycle, provider
+from infra.agent_secrets import AgentSecretError
+from infra.cli import admin, dev, init, keys, lifecycle, notify, provider, secret
 from infra.cli.console import CliError
 from infra.cli.options import common_options
 from infra.interfaces import BackendError
 from infra.providers import ProviderKeyError
 from infra.settings import SettingsError
 
-COMMAND_FAMILIES = (dev, keys, admin, lifecycle, init, provider)
+COMMAND_FAMILIES = (dev, keys, admin, lifecycle, init, provider, secret, notify)
 # What a user can cause: one line on stderr, exit status 2, no traceback.
-USER_ERRORS = (CliError, SettingsError, BackendError, ProviderKeyError)
+USER_ERRORS = (CliError, SettingsError, BackendError, ProviderKeyError, AgentSecretError)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import signal
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from infra.cli.console import CliError, progress
@@ -14,6 +17,7 @@ from infra.cli.options import settings_from_args
 from infra.settings import Settings
 
 if TYPE_CHECKING:
+    from infra.emulated_aws import EmulatedAws
     from infra.emulated_s3 import EmulatedS3
 
 
@@ -28,11 +32,23 @@ def _workspace_line(settings: Settings, emulated: EmulatedS3 | None) -> str:
             f"(OCEDGE_WORKSPACE=local; try `ocedge dev --s3 emulated`)")
 
 
+@contextlib.contextmanager
+def _signals_ignored(signals: tuple[signal.Signals, ...]) -> Iterator[None]:
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in signals}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def dev(args: argparse.Namespace) -> None:
-    """Run the edge in the foreground until Ctrl-C, then stop the container."""
+    """Run the edge in the foreground until Ctrl-C, SIGTERM or SIGHUP, then stop the
+    container."""
     import uvicorn
 
     from edge.app import create_app, print_credentials
+    from edge.server import STOP_SIGNALS, Server
     from infra.admin import ensure_admin
 
     settings = settings_from_args(args)
@@ -51,6 +67,10 @@ def dev(args: argparse.Namespace) -> None:
         except RuntimeError as exc:
             raise CliError(str(exc)) from None
         settings = settings.with_overrides(**emulated.settings_changes(settings.system_env))
+    emulated_aws = None
+    if args.aws == "emulated":
+        emulated_aws = _start_emulated_aws(settings, args)
+        settings = emulated_aws.edge_settings(settings)
     try:
         edge = create_app(settings)
         password = asyncio.run(ensure_admin(settings, edge.backends.keys))
@@ -67,19 +87,54 @@ def dev(args: argparse.Namespace) -> None:
             f"           opencode run --attach {url.rstrip('/')} -p <key> 'hello'\n"
             f"  workspace: {_workspace_line(settings, emulated)}\n"
             f"  state:   {settings.state_dir.resolve()} (container log: container.log)\n"
-            f"  The workspace starts on the first request. Ctrl-C stops everything.",
+            + (f"  AWS:     emulated (moto) at {emulated_aws.endpoint}, stack "
+               f"{settings.stack!r}: OCEDGE_AWS_ENDPOINT={emulated_aws.endpoint} ocedge "
+               f"init --stack {settings.stack}; the host's log: {emulated_aws.root}\n"
+               if emulated_aws is not None else "") +
+            "  The workspace starts on the first request. Ctrl-C (or SIGTERM, SIGHUP) "
+            "stops everything.",
             flush=True)
-        try:
+        server = Server(uvicorn.Config(
             # proxy_headers off: the edge decides itself whether to trust X-Forwarded-*.
-            uvicorn.run(edge, host=settings.host, port=settings.port, log_level="warning",
-                        lifespan="on", timeout_graceful_shutdown=5, proxy_headers=False,
-                        server_header=False, date_header=False)
+            edge, host=settings.host, port=settings.port, log_level="warning", lifespan="on",
+            loop="uvloop", http="edge.server:HttpProtocol", timeout_graceful_shutdown=5,
+            proxy_headers=False, server_header=False, date_header=False))
+        try:
+            server.run()
         finally:
-            # The container saves the workspace to S3 on its way out: stop it first.
-            asyncio.run(edge.backends.compute.stop())
+            # The container saves the workspace to S3 on its way out: stop it first,
+            # and let no second signal cut that short.
+            with _signals_ignored(STOP_SIGNALS):
+                if server.stopped_by is not None:
+                    progress(f"{signal.Signals(server.stopped_by).name}: stopping the "
+                             f"workspace container (up to {settings.stop_budget:.0f} s) …")
+                asyncio.run(edge.backends.compute.stop())
     finally:
         if emulated is not None:
-            emulated.stop()
+            with _signals_ignored(STOP_SIGNALS):
+                emulated.stop()
+        if emulated_aws is not None:
+            with _signals_ignored(STOP_SIGNALS):
+                emulated_aws.stop()
+
+
+def _start_emulated_aws(settings: Settings, args: argparse.Namespace) -> EmulatedAws:
+    """``--aws emulated``: the deployment's AWS path on this machine (infra/emulated_aws.py)."""
+    import os
+
+    from infra.emulated_aws import EmulatedAws
+    from infra.emulated_s3 import CREDENTIALS
+
+    if args.s3 is not None:
+        raise CliError("--aws emulated brings its own bucket: leave out --s3")
+    progress("Starting the emulated AWS …")
+    # The edge's AWS clients sign with the emulator's credentials: a user's real ones
+    # never reach it.
+    os.environ.update(CREDENTIALS)
+    try:
+        return EmulatedAws(settings.state_dir).start(settings)
+    except RuntimeError as exc:
+        raise CliError(str(exc)) from None
 
 
 def add_commands(subparsers: Any, common: argparse.ArgumentParser) -> None:
@@ -89,4 +144,7 @@ def add_commands(subparsers: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, help="port to listen on (default 8787)")
     p.add_argument("--s3", choices=["emulated"],
                    help="put the workspace on an emulated S3 (moto, kept in the state directory)")
+    p.add_argument("--aws", choices=["emulated"],
+                   help="rehearse the AWS path: an emulated AWS (moto) with the stack's tables, "
+                        "bucket and an EC2 instance whose host runs the container")
     p.set_defaults(run=dev)

@@ -46,8 +46,8 @@ async def init(args: argparse.Namespace) -> None:
         new = mint_api_key(FIRST_KEY_NAME, backends.pepper, now=now)
         await backends.keys.put_key(new.record)
 
-    where = settings.secrets_parameter if settings.backend == "aws" else str(
-        settings.state_dir.resolve())
+    source = backends.secrets.source
+    where = " and ".join(source.where(name) for name in ("edge", "container"))
     web_url = outputs.get("WebUrl") or settings.stream_url
     api_url = outputs.get("ApiUrl")
     data = {"stack": settings.stack, "secrets": where, "secrets_created": created,

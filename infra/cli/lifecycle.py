@@ -9,6 +9,7 @@ import asyncio
 import time
 from typing import Any
 
+from infra import progress as steps
 from infra.cli.console import CliError, emit, progress, when
 from infra.cli.options import settings_from_args
 from infra.interfaces import ASLEEP, ContainerState, StateStore, Status
@@ -18,23 +19,30 @@ _POLL = 0.2
 
 
 def _show(args: argparse.Namespace, current: ContainerState) -> None:
+    now = time.time()
     data = {"status": current.status, "generation": current.generation,
             "since": current.since, "deadline": current.deadline, "busy": current.busy,
-            "reason": current.reason}
+            "reason": current.reason,
+            "steps": [step.as_dict() for step in steps.report(current, now)]}
     text = f"{current.status} since {when(current.since)} (generation {current.generation})"
     if current.deadline and current.status == Status.RUNNING:
         text += f"\nsleeps after {when(current.deadline)} unless used"
     if current.reason:
         text += f"\nreason: {current.reason}"
+    shown = steps.lines(current, now)
+    if shown and current.status != Status.RUNNING:  # running: how it started is history
+        text += "\nsteps of the start:\n" + "\n".join(f"  {line}" for line in shown)
     emit(args, data, text)
 
 
 class _Progress:
-    """Each change of status on stderr, with the seconds since the command began."""
+    """Each change of status, and each step of a start as it begins (with how long
+    the one before took), on stderr, with the seconds since the command began."""
 
     def __init__(self) -> None:
         self.started = time.monotonic()
         self.last: Status | None = None
+        self.steps: tuple[tuple[str, float], ...] = ()
 
     @property
     def elapsed(self) -> float:
@@ -44,6 +52,15 @@ class _Progress:
         if current.status != self.last:
             progress(f"  {self.elapsed:5.1f} s  {current.status}")
             self.last = current.status
+        if current.status in (Status.STARTING, Status.FAILED) and current.steps != self.steps:
+            seen = {at for _, at in self.steps}
+            for report in steps.report(current, time.time()):
+                if report.state == steps.FAILED:
+                    progress(f"  {self.elapsed:5.1f} s    · {report.name} — FAILED after "
+                             f"{report.seconds:.1f} s: {current.reason}")
+                elif report.at not in seen:
+                    progress(f"  {self.elapsed:5.1f} s    · {report.name}")
+            self.steps = current.steps
 
 
 async def status(args: argparse.Namespace) -> None:
@@ -69,7 +86,9 @@ async def wake(args: argparse.Namespace) -> None:
         progress("Waking the workspace…" if before.status in ASLEEP else
                  f"The workspace is {before.status}; waiting for it…")
         shown = _Progress()
-        waking = asyncio.ensure_future(lifecycle.wake(args.timeout))
+        # By default as long as a start may take on this host (on EC2: minutes).
+        timeout = lifecycle.start_limit if args.timeout is None else args.timeout
+        waking = asyncio.ensure_future(lifecycle.wake(timeout))
         while not waking.done():
             shown.show(await backends.state.get())
             await asyncio.wait({waking}, timeout=_POLL)
@@ -81,7 +100,7 @@ async def wake(args: argparse.Namespace) -> None:
                 raise CliError(f"the container failed: {current.reason}"
                                if current.status == Status.FAILED else
                                "the container stopped before it was running")
-            raise CliError(f"still {current.status} after {args.timeout:g} s")
+            raise CliError(f"still {current.status} after {timeout:g} s")
     _show(args, await backends.state.get())
 
 
@@ -130,7 +149,10 @@ def add_commands(subparsers: Any, common: argparse.ArgumentParser) -> None:
     p = subparsers.add_parser("status", parents=[common], help="the container's state")
     p.set_defaults(run=status)
     p = subparsers.add_parser("wake", parents=[common], help="start the workspace and wait for it")
-    p.add_argument("--timeout", type=float, default=120, help="seconds to wait (default 120)")
+    p.add_argument("--timeout", type=float,
+                   help="seconds to wait (default: as long as a start may take: the "
+                        "container's own start, 90 s, plus on EC2 the instance's stop, "
+                        "start and boot, 510 s in all)")
     p.set_defaults(run=wake)
     p = subparsers.add_parser("sleep", parents=[common], help="stop the workspace gracefully")
     p.add_argument("--timeout", type=float, default=120, help="seconds to wait (default 120)")

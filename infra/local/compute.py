@@ -18,7 +18,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from infra.interfaces import ComputeInfo
+from infra.interfaces import ComputeInfo, HostBudget
 
 
 def _alive(pid: int) -> bool:
@@ -36,6 +36,9 @@ class LocalCompute:
         # How long a graceful stop may take before SIGKILL: the container's own
         # stop budget (flushing the workspace to S3) plus a margin.
         self.stop_timeout = stop_timeout
+        # A child process has no host of its own to wait for (infra.lifecycle).
+        self.host = "local"
+        self.budget = HostBudget()
         self.state_dir = state_dir.resolve()
         self.env = dict(env or {})
         self.env["OCEDGE_STATE_DIR"] = str(self.state_dir)

@@ -15,6 +15,8 @@ def _load(doc: str) -> ContainerState:
     known = {f.name for f in dataclasses.fields(ContainerState)}
     values = {k: v for k, v in json.loads(doc).items() if k in known}
     values["status"] = Status(values.get("status", Status.STOPPED))
+    # JSON has no tuples: the steps come back as lists.
+    values["steps"] = tuple((str(step), float(at)) for step, at in values.get("steps", ()))
     return ContainerState(**values)
 
 
@@ -42,7 +44,7 @@ class LocalStateStore:
                 args.extend(expected_status)
             written = conn.execute(sql, args).rowcount == 1
             if written:
-                _audit(conn, new.lease_owner or "-", "put", new.status)
+                _audit(conn, new.lease_owner or "-", "put", new.status, new.generation)
             return written
 
         # The write and its audit row in one transaction: a reader never sees one
@@ -58,7 +60,7 @@ class LocalStateStore:
                 "AND COALESCE(json_extract(doc, '$.deadline'), 0) < ?",
                 (deadline, now, generation, Status.RUNNING, deadline)).rowcount == 1
             if written:
-                _audit(conn, writer, "deadline", Status.RUNNING)
+                _audit(conn, writer, "deadline", Status.RUNNING, generation)
             return written
 
         # The write and its audit row in one transaction: a reader never sees one
@@ -66,6 +68,7 @@ class LocalStateStore:
         return await self.db.atransaction(write)
 
 
-def _audit(conn: sqlite3.Connection, writer: str, kind: str, status: str) -> None:
-    conn.execute("INSERT INTO state_writes (at, writer, kind, status) VALUES (?, ?, ?, ?)",
-                 (time.time(), writer, kind, status))
+def _audit(conn: sqlite3.Connection, writer: str, kind: str, status: str,
+           generation: int) -> None:
+    conn.execute("INSERT INTO state_writes (at, writer, kind, status, generation) "
+                 "VALUES (?, ?, ?, ?, ?)", (time.time(), writer, kind, status, generation))

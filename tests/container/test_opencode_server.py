@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from container.opencode import OpencodeFailed, OpencodeServer
+from tests.support.container import alive
 
 STAND_IN = """\
 import base64, http.server, json, os, signal, subprocess, sys
@@ -62,14 +63,6 @@ def _stand_in(tmp_path: Path) -> tuple[str, Path]:
     return str(binary), tmp_path / "record.json"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
-
-
 def _server(tmp_path: Path) -> tuple[OpencodeServer, Path]:
     binary, record = _stand_in(tmp_path)
     env = {"PATH": os.defpath, "STAND_IN_RECORD": str(record)}
@@ -91,7 +84,7 @@ def test_a_stop_disposes_then_kills_opencode_and_what_it_started(tmp_path: Path)
     # It ignored SIGTERM: killed after the grace time, with the process it started.
     assert code == -signal.SIGKILL and 0.5 <= took < 5
     assert (tmp_path / "record.json.dispose").read_text() == "/global/dispose"
-    assert not _alive(seen["pid"]) and not _alive(seen["helper"])
+    assert not alive(seen["pid"]) and not alive(seen["helper"])
 
 
 def test_opencode_shares_the_container_process_group(tmp_path: Path) -> None:

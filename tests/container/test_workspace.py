@@ -32,11 +32,13 @@ from container.workspace import LocalWorkspace, WorkspaceError, open_workspace
 from container.workspace.fuse import check_fuse, fuse_mount_at
 from container.workspace.tools import tool_path
 from infra.backends import backends_for_tools
-from infra.interfaces import ContainerState, Status
+from infra.interfaces import Status
 from infra.lifecycle import Lifecycle
 from infra.net import free_port
 from infra.settings import Settings, SettingsError
 from tests.support import cli
+from tests.support.container import Container, container
+from tests.support.container import alive as _alive
 from tests.support.edge import ADMIN_PASSWORD, make_settings
 from tests.support.fake_model import FakeModelServer, opencode_config, reply_for
 from tests.support.s3 import CREDENTIALS, MotoServer, moto_server
@@ -82,103 +84,6 @@ def wipe_local_caches(settings: Settings) -> None:
 
 def database_path(settings: Settings) -> Path:
     return settings.opencode_data / "data" / "opencode" / "opencode.db"
-
-
-class Container:
-    """``python -m container`` in its own process group, its output in a log file."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.log = settings.state_dir / "container-test.log"
-        self.process: subprocess.Popen[bytes] | None = None
-        self.state: ContainerState | None = None
-        self.helpers: list[int] = []
-
-    def _state(self) -> ContainerState:
-        return asyncio.run(backends_for_tools(self.settings).state.get())
-
-    def start(self, timeout: float = 120) -> Container:
-        before = self._state().generation
-        with open(self.log, "ab") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "container"], env=self.settings.child_env(),
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            current = self._state()
-            if current.status == Status.RUNNING and current.generation > before:
-                self.state = current
-                self.helpers = descendants(self.process.pid)
-                return self
-            if self.process.poll() is not None:
-                raise AssertionError(f"the container exited ({self.process.returncode}):\n"
-                                     f"{self.output()[-4000:]}")
-            time.sleep(0.05)
-        raise AssertionError(f"the container did not start:\n{self.output()[-4000:]}")
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    def client(self) -> httpx.Client:
-        assert self.state is not None and self.state.endpoint
-        return httpx.Client(base_url=f"http://{self.state.endpoint}", timeout=60,
-                            auth=("opencode", self.state.credential or ""), trust_env=False)
-
-    def stop(self, timeout: float = 90) -> int:
-        """SIGTERM to the process group, as `ocedge sleep` sends it."""
-        assert self.process is not None
-        os.killpg(self.process.pid, signal.SIGTERM)
-        code = self.process.wait(timeout)
-        self._wait_helpers_gone()
-        return code
-
-    def kill(self) -> None:
-        """SIGKILL to the process group: the host went away."""
-        assert self.process is not None
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(30)
-        self._wait_helpers_gone()
-
-    def _wait_helpers_gone(self, timeout: float = 20) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not [pid for pid in self.helpers if _alive(pid)]:
-                return
-            time.sleep(0.05)
-        raise AssertionError(f"helper processes outlived the container: {self.helpers}")
-
-    def cleanup(self) -> None:
-        """Whatever a failed test left: processes (by PID) and the mount."""
-        if self.process is not None and self.process.poll() is None:
-            self.helpers += descendants(self.process.pid)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(30)
-        for pid in self.helpers:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        mountpoint = self.settings.workspace_path.resolve()
-        if fuse_mount_at(mountpoint):
-            subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], check=False)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
-
-
-@contextlib.contextmanager
-def container(settings: Settings) -> Iterator[Container]:
-    driver = Container(settings)
-    try:
-        yield driver
-    finally:
-        driver.cleanup()
 
 
 def prompt(client: httpx.Client, session_id: str, text: str) -> None:

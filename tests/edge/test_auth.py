@@ -1,9 +1,11 @@
-"""Who gets through the edge: Basic for the admin, API keys three ways, the session
-cookie for browsers (HTTP, SSE and WebSocket), the failed-login throttle, and the
-edge's own health and status paths. Secrets never come back in an answer."""
+"""Who gets through the edge: Basic for programs, API keys three ways, the session
+cookie browsers get from the login page (HTTP, SSE and WebSocket), the failed-login
+throttle, and the edge's own health and status paths. Secrets never come back in
+an answer."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -21,9 +23,8 @@ from infra import cli
 from infra.interfaces import RUNNING, STOPPED
 from tests.support.capture import CaptureServer, attach_upstream, running_capture
 from tests.support.edge import ADMIN_PASSWORD, EdgeServer, make_settings, running_edge
+from tests.support.login import FORM_POST, cookie_from, login_cookie, post_login
 
-BROWSER = {"Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document",
-           "User-Agent": "Mozilla/5.0 (X11; Linux x86_64) Chrome/126.0 Safari/537.36"}
 NEW_PASSWORD = "a-brand-new-admin-password-456"
 
 
@@ -42,13 +43,9 @@ def call(edge: EdgeServer, path: str, method: str = "GET",
         return client.request(method, path, headers=headers)
 
 
-def session_cookie(response: httpx.Response) -> str:
-    """The ocedge_session value the edge set, as a Cookie header."""
-    for header in response.headers.get_list("set-cookie"):
-        name, _, rest = header.partition("=")
-        if name == "ocedge_session":
-            return f"ocedge_session={rest.split(';')[0]}"
-    raise AssertionError(f"no ocedge_session cookie set: {response.headers.get_list('set-cookie')}")
+def admin_cookie(edge: EdgeServer) -> str:
+    """The admin's session cookie, from the login page."""
+    return login_cookie(edge.url, "admin", ADMIN_PASSWORD)
 
 
 def assert_no_secret(response: httpx.Response, *secrets: str) -> None:
@@ -207,14 +204,39 @@ def test_too_many_failures_get_429_even_with_the_right_password(state_dir: Path)
         assert int(retry_after) <= 300
         assert response.json()["error"] == "too_many_failures"
         assert_no_secret(response, ADMIN_PASSWORD)
-        # API keys are throttled the same way.
+        # The login page says so too, with the same Retry-After.
+        page = post_login(edge.url, "admin", ADMIN_PASSWORD)
+        assert page.status_code == 429 and "Too many failed logins" in page.text
+        assert "set-cookie" not in page.headers
+        # A valid API key is never throttled, not even from the same address.
         key = edge.create_key("k")
         response = call(edge, "/_edge/status", headers={"X-API-Key": key})
-        assert response.status_code == 429
-        assert_no_secret(response, key_secret(key))
+        assert response.status_code == 200
+
+
+def test_wrong_passwords_sent_at_once_get_no_more_tries_than_the_limit(
+        state_dir: Path) -> None:
+    """60 guesses on 60 connections at once, on the login page and over Basic: no
+    more than the limit are checked; the rest get 429 (and so does the owner)."""
+    async def burst(edge: EdgeServer) -> list[int]:
+        async with httpx.AsyncClient(base_url=edge.url, trust_env=False, timeout=60,
+                                     limits=httpx.Limits(max_connections=100)) as client:
+            form = [client.post("/_edge/login", headers=FORM_POST | {"Origin": edge.url},
+                                data={"username": "admin", "password": f"guess-{n}",
+                                      "next": "/"}) for n in range(30)]
+            basics = [client.get("/_edge/status", headers=basic("admin", f"basic-{n}"))
+                      for n in range(30)]
+            return [r.status_code for r in await asyncio.gather(*form, *basics)]
+
+    with running_edge(make_settings(state_dir, auth_max_failures=10)) as edge:
+        statuses = asyncio.run(burst(edge))
+        assert set(statuses) <= {401, 429}, statuses
+        assert statuses.count(401) <= 10, statuses
+        assert call(edge, "/_edge/status", headers=ADMIN).status_code == 429
 
 
 def test_throttle_is_per_client(state_dir: Path) -> None:
+    # Behind a trusted proxy, which appends the client's address to X-Forwarded-For.
     settings = make_settings(state_dir, auth_max_failures=3, trust_forwarded=True)
     with running_edge(settings) as edge:
         attacker = {"X-Forwarded-For": "203.0.113.66"}
@@ -250,41 +272,49 @@ def test_a_success_resets_the_failure_count(state_dir: Path) -> None:
         assert call(edge, "/_edge/status", headers=ADMIN).status_code == 200
 
 
-# -- the session cookie ----------------------------------------------------------------
+# -- the session cookie (from the login page) ------------------------------------------
 
 
-def test_browser_login_sets_an_httponly_lax_cookie_without_secure_over_http(
+def test_the_login_page_sets_an_httponly_lax_cookie_without_secure_over_http(
         edge: EdgeServer, upstream: CaptureServer) -> None:
-    response = call(edge, "/", headers=BROWSER | ADMIN)
-    assert response.status_code == 200
+    response = post_login(edge.url, "admin", ADMIN_PASSWORD, next_path="/session?x=1")
+    assert response.status_code == 303
+    assert response.headers["location"] == "/session?x=1"
     set_cookie = response.headers["set-cookie"]
     attributes = [part.strip().lower() for part in set_cookie.split(";")]
     assert set_cookie.startswith("ocedge_session=")
-    assert len(session_cookie(response)) > len("ocedge_session=") + 20
+    assert len(cookie_from(response)) > len("ocedge_session=") + 20
     assert "httponly" in attributes
     assert "samesite=lax" in attributes
     assert "path=/" in attributes
+    assert "max-age=43200" in attributes
     assert "secure" not in attributes
     assert_no_secret(response, ADMIN_PASSWORD)
 
 
-def test_cookie_is_secure_when_configured(state_dir: Path) -> None:
-    with running_edge(make_settings(state_dir, cookie_secure="true")) as edge, \
+@pytest.mark.parametrize("settings", [{"cookie_secure": "true"}, {"trust_forwarded": True}],
+                         ids=["configured", "behind-a-trusted-https-proxy"])
+def test_over_https_the_cookie_is_secure_and_host_prefixed(state_dir: Path,
+                                                           settings: dict[str, object]) -> None:
+    with running_edge(make_settings(state_dir, **settings)) as edge, \
             running_capture() as capture:
         attach_upstream(edge, capture.port)
-        response = call(edge, "/", headers=BROWSER | ADMIN)
-        assert response.status_code == 200
-        attributes = [part.strip().lower() for part in response.headers["set-cookie"].split(";")]
-        assert "secure" in attributes
-
-
-def test_cookie_is_secure_behind_a_trusted_https_proxy(state_dir: Path) -> None:
-    with running_edge(make_settings(state_dir, trust_forwarded=True)) as edge, \
-            running_capture() as capture:
-        attach_upstream(edge, capture.port)
-        response = call(edge, "/", headers=BROWSER | ADMIN | {"X-Forwarded-Proto": "https"})
-        attributes = [part.strip().lower() for part in response.headers["set-cookie"].split(";")]
-        assert "secure" in attributes
+        origin = "https://127.0.0.1:" + str(edge.port)
+        response = post_login(edge.url, "admin", ADMIN_PASSWORD, origin=origin,
+                              headers={"X-Forwarded-Proto": "https"})
+        assert response.status_code == 303, response.text
+        set_cookie = response.headers["set-cookie"]
+        attributes = [part.strip().lower() for part in set_cookie.split(";")]
+        assert set_cookie.startswith("__Host-ocedge_session=")
+        assert "secure" in attributes and "path=/" in attributes
+        assert not any(a.startswith("domain") for a in attributes)
+        cookie = cookie_from(response)
+        https = {"X-Forwarded-Proto": "https"}
+        assert call(edge, "/session", headers=https | {"Cookie": cookie}).status_code == 200
+        # The same value under the plain name (which any other host of the site could
+        # set) does not count over HTTPS.
+        plain = cookie.replace("__Host-", "")
+        assert call(edge, "/session", headers=https | {"Cookie": plain}).status_code == 401
 
 
 def test_non_browser_clients_get_no_cookie(edge: EdgeServer, upstream: CaptureServer) -> None:
@@ -297,8 +327,8 @@ def test_non_browser_clients_get_no_cookie(edge: EdgeServer, upstream: CaptureSe
 
 def test_cookie_payload_holds_no_secret(edge: EdgeServer, upstream: CaptureServer) -> None:
     key = edge.create_key("browser")
-    for headers in (ADMIN, {"Authorization": f"Bearer {key}"}):
-        cookie = session_cookie(call(edge, "/", headers=BROWSER | headers))
+    for password in (ADMIN_PASSWORD, key):
+        cookie = login_cookie(edge.url, "admin", password)
         payload = cookie.split("=", 1)[1].split(".")[0]
         decoded = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)).decode()
         assert ADMIN_PASSWORD not in decoded
@@ -307,10 +337,11 @@ def test_cookie_payload_holds_no_secret(edge: EdgeServer, upstream: CaptureServe
 
 def test_cookie_alone_authorises_http_sse_and_websocket(edge: EdgeServer,
                                                         upstream: CaptureServer) -> None:
-    cookie = {"Cookie": session_cookie(call(edge, "/", headers=BROWSER | ADMIN))}
+    cookie = {"Cookie": admin_cookie(edge)}
 
     # Plain HTTP, as a background fetch would send it.
-    response = call(edge, "/session", headers=cookie | {"Sec-Fetch-Mode": "cors"})
+    response = call(edge, "/session", headers=cookie | {"Sec-Fetch-Mode": "cors",
+                                                        "Sec-Fetch-Site": "same-origin"})
     assert response.status_code == 200
     assert response.json()["path"] == "/session"
 
@@ -323,8 +354,9 @@ def test_cookie_alone_authorises_http_sse_and_websocket(edge: EdgeServer,
         data = [line for line in stream.iter_lines() if line.startswith("data:")]
     assert [json.loads(line[5:])["n"] for line in data] == [0, 1, 2]
 
-    # The terminal's WebSocket.
-    with ws_connect(f"ws://127.0.0.1:{edge.port}/pty/x/connect", additional_headers=cookie,
+    # The terminal's WebSocket, from the edge's own page.
+    with ws_connect(f"ws://127.0.0.1:{edge.port}/pty/x/connect",
+                    additional_headers=cookie | {"Origin": edge.url},
                     proxy=None, open_timeout=5) as ws:
         ws.send("ls -la\n")
         assert ws.recv(timeout=5) == "ls -la\n"
@@ -349,14 +381,16 @@ def _tamper(cookie: str, where: str) -> str:
         payload = base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
     elif where == "unsigned":
         signature = ""
+    elif where == "unicode":
+        signature = "é" + signature[1:]
     return f"ocedge_session={payload}.{signature}"
 
 
-@pytest.mark.parametrize("where", ["signature", "payload", "unsigned"])
+@pytest.mark.parametrize("where", ["signature", "payload", "unsigned", "unicode"])
 def test_tampered_cookie_is_refused(edge: EdgeServer, upstream: CaptureServer, where: str) -> None:
-    cookie = session_cookie(call(edge, "/", headers=BROWSER | ADMIN))
+    cookie = admin_cookie(edge)
     assert call(edge, "/session", headers={"Cookie": cookie}).status_code == 200
-    response = call(edge, "/session", headers={"Cookie": _tamper(cookie, where)})
+    response = call(edge, "/session", headers={"Cookie": _tamper(cookie, where).encode()})
     assert response.status_code == 401
 
 
@@ -364,9 +398,8 @@ def test_cookie_from_another_deployment_is_refused(edge: EdgeServer, upstream: C
                                                    tmp_path: Path) -> None:
     other_dir = tmp_path / "other"
     other_dir.mkdir()
-    with running_edge(make_settings(other_dir)) as other, running_capture() as capture:
-        attach_upstream(other, capture.port)
-        foreign = session_cookie(call(other, "/", headers=BROWSER | ADMIN))
+    with running_edge(make_settings(other_dir)) as other:
+        foreign = admin_cookie(other)
     assert call(edge, "/session", headers={"Cookie": foreign}).status_code == 401
 
 
@@ -374,29 +407,61 @@ def test_expired_cookie_is_refused(state_dir: Path) -> None:
     with running_edge(make_settings(state_dir, session_ttl=2.0)) as edge, \
             running_capture() as capture:
         attach_upstream(edge, capture.port)
-        login = call(edge, "/", headers=BROWSER | ADMIN)
+        login = post_login(edge.url, "admin", ADMIN_PASSWORD)
         assert "max-age=2" in login.headers["set-cookie"].lower()
-        cookie = {"Cookie": session_cookie(login)}
+        cookie = {"Cookie": cookie_from(login)}
         assert call(edge, "/session", headers=cookie).status_code == 200
         time.sleep(2.2)
         assert call(edge, "/session", headers=cookie).status_code == 401
 
 
-def test_logout_clears_the_cookie(edge: EdgeServer) -> None:
-    response = call(edge, "/_edge/logout")
-    assert response.status_code == 200
+def test_logging_out_ends_the_session_everywhere(edge: EdgeServer,
+                                                 upstream: CaptureServer) -> None:
+    cookie = {"Cookie": admin_cookie(edge)}
+    laptop = {"Cookie": admin_cookie(edge)}
+    assert call(edge, "/session", headers=laptop).status_code == 200
+    # GET only shows the button (a link from elsewhere cannot log anyone out).
+    page = call(edge, "/_edge/logout", headers=cookie)
+    assert page.status_code == 200 and 'method="post"' in page.text
+    assert call(edge, "/session", headers=cookie).status_code == 200
+
+    response = call(edge, "/_edge/logout", "POST", headers=cookie | {"Origin": edge.url})
+    assert response.status_code == 303
+    assert response.headers["location"] == "/_edge/login?logged_out=1"
     set_cookie = response.headers["set-cookie"]
     attributes = [part.strip().lower() for part in set_cookie.split(";")]
     assert set_cookie.startswith("ocedge_session=;")
-    assert "max-age=0" in attributes
-    assert "path=/" in attributes
+    assert "max-age=0" in attributes and "path=/" in attributes
+    # The value a copy of the cookie still holds is dead, here and on the laptop.
+    assert call(edge, "/session", headers=cookie).status_code == 401
+    assert call(edge, "/session", headers=laptop).status_code == 401
+    # Logging in again works.
+    assert call(edge, "/session", headers={"Cookie": admin_cookie(edge)}).status_code == 200
+
+
+def test_a_stranger_cannot_log_the_owner_out(edge: EdgeServer, upstream: CaptureServer) -> None:
+    cookie = {"Cookie": admin_cookie(edge)}
+    assert call(edge, "/_edge/logout", "POST", headers={"Origin": edge.url}).status_code == 303
+    forged = {"Cookie": _tamper(cookie["Cookie"], "signature")}
+    assert call(edge, "/_edge/logout", "POST", headers=forged).status_code == 303
+    assert call(edge, "/session", headers=cookie).status_code == 200
+
+
+def test_logout_all_from_the_cli_ends_every_session(edge: EdgeServer, upstream: CaptureServer,
+                                                    state_dir: Path) -> None:
+    cookie = {"Cookie": admin_cookie(edge)}
+    key = edge.create_key("stays")
+    assert call(edge, "/session", headers=cookie).status_code == 200
+    assert cli_run("admin", "logout-all", "--state-dir", str(state_dir)) == 0
+    assert call(edge, "/session", headers=cookie).status_code == 401
+    # API keys are not sessions.
+    assert call(edge, "/session", headers={"X-API-Key": key}).status_code == 200
 
 
 def test_cookie_opened_with_a_key_ends_when_the_key_is_revoked(
         edge: EdgeServer, upstream: CaptureServer, state_dir: Path) -> None:
     key = edge.create_key("browser")
-    cookie = {"Cookie": session_cookie(
-        call(edge, "/", headers=BROWSER | {"Authorization": f"Bearer {key}"}))}
+    cookie = {"Cookie": login_cookie(edge.url, "anyone", key)}
     assert call(edge, "/session", headers=cookie).status_code == 200
     assert cli_run("keys", "revoke", key_id(key), "--state-dir", str(state_dir)) == 0
     assert call(edge, "/session", headers=cookie).status_code == 401
@@ -408,7 +473,7 @@ def test_cookie_opened_with_a_key_ends_when_the_key_is_revoked(
 def test_changing_the_admin_password_ends_admin_cookies(
         edge: EdgeServer, upstream: CaptureServer, state_dir: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    cookie = {"Cookie": session_cookie(call(edge, "/", headers=BROWSER | ADMIN))}
+    cookie = {"Cookie": admin_cookie(edge)}
     assert call(edge, "/session", headers=cookie).status_code == 200
 
     monkeypatch.setattr("sys.stdin", io.StringIO(NEW_PASSWORD + "\n"))

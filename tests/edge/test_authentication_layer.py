@@ -1,19 +1,22 @@
 """The authentication layer on its own, over the in-memory key store: what it
-refuses (401, 429, 503; a WebSocket closed before accept), what it lets through
-(the open paths; an identity in the scope), and the session cookie it adds for
-browsers — and only for them — through its ``send`` wrapper."""
+refuses (401 with or without the Basic challenge, a redirect to the login page,
+429, 503; a WebSocket closed before accept) and what it lets through (the open
+path; an identity in the scope). It never sets a cookie: only the login page does."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import time
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
 from edge.auth import Authenticator
 from edge.authentication import IDENTITY, Authentication
-from edge.session import SessionSigner
+from edge.session import Session, SessionSigner
 from edge.throttle import FailureThrottle
 from edge.types import Message, Receive, Scope, Send
 from infra.credentials import mint_api_key
@@ -24,7 +27,12 @@ from tests.support.memory import MemoryKeyStore
 pytestmark = pytest.mark.unit
 
 PEPPER = b"p" * 32
-BROWSER = [(b"sec-fetch-mode", b"navigate"), (b"user-agent", b"Mozilla/5.0 (X11) Chrome/126")]
+SESSION_SECRET = b"s" * 32
+BROWSER = [(b"sec-fetch-mode", b"navigate"), (b"sec-fetch-site", b"none"),
+           (b"sec-fetch-dest", b"document"), (b"accept", b"text/html,*/*"),
+           (b"user-agent", b"Mozilla/5.0 (X11) Chrome/126")]
+BACKGROUND = [(b"sec-fetch-mode", b"cors"), (b"sec-fetch-site", b"same-origin"),
+              (b"user-agent", b"Mozilla/5.0 (X11) Chrome/126")]
 CURL = [(b"user-agent", b"curl/8.5.0")]
 
 
@@ -58,15 +66,15 @@ class Gate:
         self.inner = Inner()
         self.layer = Authentication(
             self.inner,
-            Authenticator(self.keys, PEPPER, SessionSigner(b"s" * 32),
-                          FailureThrottle(max_failures, 300.0), cache_ttl=0),
+            Authenticator(self.keys, PEPPER, SessionSigner(SESSION_SECRET),
+                          FailureThrottle(self.keys, max_failures, 300.0), cache_ttl=0),
             Settings().with_overrides(**settings))
 
     def call(self, path: str = "/session", headers: list[tuple[bytes, bytes]] | None = None,
-             kind: str = "http") -> list[Message]:
+             kind: str = "http", query: bytes = b"") -> list[Message]:
         scope: Scope = {"type": kind, "path": path, "headers": headers or [],
                         "client": ("192.0.2.1", 50000), "scheme": "ws" if kind != "http"
-                        else "http", "method": "GET", "query_string": b""}
+                        else "http", "method": "GET", "query_string": query}
         sent: list[Message] = []
 
         async def receive() -> Message:
@@ -123,16 +131,19 @@ def test_an_uninitialised_deployment_answers_503_with_retry_after() -> None:
     assert gate.inner.scopes == []
 
 
-def test_too_many_failures_answer_429_with_retry_after_even_for_a_valid_key() -> None:
+def test_too_many_failures_answer_429_to_the_password_but_never_to_a_valid_key() -> None:
     gate = Gate(max_failures=2)
     wrong = gate.bearer(mint_api_key("other", PEPPER).key)
     for _ in range(2):
         assert start(gate.call(headers=wrong))["status"] == 401
-    sent = gate.call(headers=gate.bearer())
+    password = base64.b64encode(b"admin:some-password-guess").decode()
+    sent = gate.call(headers=[(b"authorization", f"Basic {password}".encode())])
     assert start(sent)["status"] == 429
     assert int(header(sent, b"retry-after")[0]) >= 1
     assert body(sent)["error"] == "too_many_failures"
     assert gate.inner.scopes == []
+    # A valid key still gets in, from the same address.
+    assert start(gate.call(headers=gate.bearer()))["status"] == 200
 
 
 def test_the_identity_travels_on_in_the_scope() -> None:
@@ -142,29 +153,80 @@ def test_the_identity_travels_on_in_the_scope() -> None:
     assert (identity.subject, identity.method) == ("key", "key")
 
 
-def test_a_browser_gets_the_session_cookie_on_its_response() -> None:
+def test_a_browser_loading_a_page_is_sent_to_the_login_page_and_back() -> None:
     gate = Gate()
+    sent = gate.call("/server/abc/session", headers=BROWSER, query=b"a=1&b=%20")
+    assert start(sent)["status"] == 303
+    location = header(sent, b"location")[0].decode()
+    assert location == "/_edge/login?next=" + quote("/server/abc/session?a=1&b=%20", safe="")
+    assert header(sent, b"www-authenticate") == []
+    assert gate.inner.scopes == []
+
+
+def test_a_browser_gets_no_basic_challenge_and_no_cookie() -> None:
+    gate = Gate()
+    sent = gate.call(headers=BACKGROUND)
+    assert start(sent)["status"] == 401
+    assert header(sent, b"www-authenticate") == [], "a browser would prompt and cache Basic"
+    # Even logging in with a key sets no cookie: cookies come from the login page.
     sent = gate.call(headers=BROWSER + gate.bearer())
-    cookies = header(sent, b"set-cookie")
-    assert len(cookies) == 1 and cookies[0].startswith(b"ocedge_session=")
-    assert b"HttpOnly" in cookies[0] and b"Secure" not in cookies[0]
-    # The cookie alone then lets the browser in, and it is not issued again.
-    again = gate.call(headers=[*BROWSER, (b"cookie", cookies[0].split(b";")[0])])
-    assert start(again)["status"] == 200
-    assert header(again, b"set-cookie") == []
-    assert gate.inner.scopes[-1][IDENTITY].method == "cookie"
-
-
-def test_the_cookie_is_secure_when_configured() -> None:
-    gate = Gate(cookie_secure="true")
-    assert b"Secure" in header(gate.call(headers=BROWSER + gate.bearer()), b"set-cookie")[0]
-
-
-def test_curl_gets_no_cookie() -> None:
-    gate = Gate()
-    sent = gate.call(headers=CURL + gate.bearer())
     assert start(sent)["status"] == 200
     assert header(sent, b"set-cookie") == []
+
+
+def test_a_browser_s_basic_credentials_are_ignored() -> None:
+    gate = Gate()
+    basic = base64.b64encode(f"anyone:{gate.key}".encode()).decode()
+    credentials = [(b"authorization", f"Basic {basic}".encode())]
+    # A program may send an API key as the Basic password ...
+    assert start(gate.call(headers=CURL + credentials))["status"] == 200
+    # ... a browser that cached it is sent to log in instead.
+    assert start(gate.call(headers=BROWSER + credentials))["status"] == 303
+
+
+def test_a_signed_cookie_of_the_current_epoch_lets_a_browser_in() -> None:
+    gate = Gate()
+    signer = SessionSigner(SESSION_SECRET)
+    record = next(iter(gate.keys.keys.values()))
+    value = signer.issue(Session("key", time.time() + 60, record.id, epoch=0)).encode()
+    cookie = [(b"cookie", b"theme=dark; ocedge_session=" + value)]
+    assert start(gate.call(headers=BACKGROUND + cookie))["status"] == 200
+    assert gate.inner.scopes[-1][IDENTITY].method == "cookie"
+    # Over HTTPS only the __Host- name counts (no other host of the site can plant it).
+    https = Gate(cookie_secure="true")
+    https.keys.keys = gate.keys.keys
+    assert start(https.call(headers=BACKGROUND + cookie))["status"] == 401
+    secure = [(b"cookie", b"__Host-ocedge_session=" + value)]
+    assert start(https.call(headers=BACKGROUND + secure))["status"] == 200
+    # A new epoch (a logout anywhere) ends it.
+    gate.keys.epoch = 1
+    assert start(gate.call(headers=BACKGROUND + cookie))["status"] == 401
+
+
+@pytest.mark.parametrize("cookie", [
+    "ocedge_session=é.ü".encode(), b"ocedge_session=\xff\xfe.\x00", b"ocedge_session=" + b"a" * 5000,
+    b"ocedge_session=.", b"ocedge_session", b"=;;==", b"ocedge_session=a.b.c"])
+def test_any_cookie_value_is_refused_cleanly(cookie: bytes) -> None:
+    gate = Gate()
+    sent = gate.call(headers=[*BACKGROUND, (b"cookie", cookie)])
+    assert start(sent)["status"] == 401
+
+
+def test_curl_gets_the_basic_challenge() -> None:
+    gate = Gate()
+    sent = gate.call(headers=CURL)
+    assert start(sent)["status"] == 401
+    assert header(sent, b"www-authenticate")[0].startswith(b'Basic realm="opencode-edge"')
+
+
+def test_two_credential_headers_are_refused_not_guessed() -> None:
+    gate = Gate()
+    for pair in ([(b"authorization", b"Bearer oce_x_y"), *gate.bearer()],
+                 [*gate.bearer(), (b"authorization", b"Bearer oce_x_y")],
+                 [(b"x-api-key", b"nope"), (b"x-api-key", gate.key.encode())]):
+        sent = gate.call(headers=CURL + pair)
+        assert start(sent)["status"] == 401, pair
+    assert gate.inner.scopes == []
 
 
 def test_a_websocket_without_credentials_is_closed_before_accept() -> None:
@@ -180,8 +242,18 @@ def test_a_websocket_with_a_key_reaches_the_app() -> None:
     assert sent == [{"type": "websocket.accept"}]
 
 
-@pytest.mark.parametrize("path", ["/_edge/health", "/_edge/logout"])
-def test_health_and_logout_need_no_login(path: str) -> None:
+def test_health_needs_no_login() -> None:
     gate = Gate(admin=False)
-    assert start(gate.call(path))["status"] == 200
+    assert start(gate.call("/_edge/health"))["status"] == 200
     assert IDENTITY not in gate.inner.scopes[0]
+
+
+def test_a_signed_cookie_that_claims_to_outlive_the_session_lifetime_is_refused() -> None:
+    gate = Gate()
+    record = next(iter(gate.keys.keys.values()))
+    signer = SessionSigner(SESSION_SECRET, ttl=3600)
+    for expires, status in ((time.time() + 3000, 200), (time.time() + 30 * 86400, 401),
+                            (time.time() - 1, 401)):
+        value = signer.issue(Session("key", expires, record.id, epoch=0)).encode()
+        sent = gate.call(headers=[*BACKGROUND, (b"cookie", b"ocedge_session=" + value)])
+        assert start(sent)["status"] == status, expires

@@ -28,6 +28,7 @@ from tests.support.capture import (
     running_capture,
 )
 from tests.support.edge import ADMIN_PASSWORD, EdgeServer, make_settings, running_edge
+from tests.support.login import login_cookie
 
 BROWSER = {"Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document",
            "User-Agent": "Mozilla/5.0 (X11; Linux x86_64) Chrome/126.0 Safari/537.36"}
@@ -53,13 +54,7 @@ def upstream(edge: EdgeServer) -> Iterator[CaptureServer]:
 
 
 def _login_cookie(edge: EdgeServer) -> str:
-    with client(edge) as c:
-        response = c.get("/", headers=BROWSER | ADMIN)
-    assert response.status_code == 200
-    for header in response.headers.get_list("set-cookie"):
-        if header.startswith("ocedge_session="):
-            return header.split(";")[0]
-    raise AssertionError("the browser login set no session cookie")
+    return login_cookie(edge.url, "admin", ADMIN_PASSWORD)
 
 
 # -- credentials -------------------------------------------------------------------
@@ -132,6 +127,19 @@ def test_hop_by_hop_headers_are_not_forwarded(edge: EdgeServer, upstream: Captur
     assert upstream.last("/session").header("x-end-to-end") == "kept"
 
 
+def test_a_connection_header_cannot_remove_the_headers_the_edge_manages(
+        edge: EdgeServer, upstream: CaptureServer) -> None:
+    """`Connection: close, host, authorization, x-forwarded-for` names headers the edge
+    itself sets: they still reach the container, exactly once."""
+    headers = ADMIN | {"Connection": "close, host, authorization, x-forwarded-for"}
+    with client(edge) as c:
+        assert c.get("/session", headers=headers).status_code == 200
+    seen = upstream.last("/session")
+    assert seen.header_values("host") == [f"127.0.0.1:{edge.port}"]
+    assert len(seen.header_values("authorization")) == 1
+    assert seen.header_values("x-forwarded-for") == ["127.0.0.1"]
+
+
 def test_edge_sets_forwarded_headers(edge: EdgeServer, upstream: CaptureServer) -> None:
     with client(edge) as c:
         assert c.get("/session", headers=ADMIN).status_code == 200
@@ -179,6 +187,44 @@ def test_upstream_auth_challenge_is_not_passed_to_the_client(
     assert "www-authenticate" not in response.headers
 
 
+def test_origin_reaches_the_container_so_it_can_check_it_too(
+        edge: EdgeServer, upstream: CaptureServer) -> None:
+    own = edge.url
+    with client(edge) as c:
+        response = c.post("/session", json={}, headers=ADMIN | {"Origin": own})
+    assert response.status_code == 200
+    assert upstream.last("/session").header_values("origin") == [own]
+    with ws_connect(ws_url(edge), additional_headers=ADMIN, origin=own,
+                    proxy=None, open_timeout=5) as ws:
+        ws.send("hi")
+        assert ws.recv(timeout=5) == "hi"
+    assert upstream.last("/pty/term1/connect").header_values("origin") == [own]
+
+
+@pytest.mark.parametrize("target", [b"*", b"http://127.0.0.1:1/session"])
+def test_a_target_that_is_not_a_path_gets_a_400_and_never_reaches_the_container(
+        edge: EdgeServer, upstream: CaptureServer, target: bytes) -> None:
+    import socket
+
+    before = len(upstream.requests)
+    with socket.create_connection(("127.0.0.1", edge.port), timeout=5) as raw:
+        raw.sendall(b"OPTIONS " + target + b" HTTP/1.1\r\nHost: 127.0.0.1:"
+                    + str(edge.port).encode() + b"\r\nAuthorization: "
+                    + ADMIN["Authorization"].encode() + b"\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while chunk := raw.recv(65536):
+            answer += chunk
+    status = answer.split(b"\r\n", 1)[0]
+    assert status.startswith(b"HTTP/1.1 400") or (
+        target.startswith(b"http") and status.startswith(b"HTTP/1.1 200")), answer[:300]
+    if status.startswith(b"HTTP/1.1 400"):
+        assert len(upstream.requests) == before
+    else:
+        # An absolute-form target is reduced to its path: the container's address
+        # comes from the state store, never from the request.
+        assert upstream.last().raw_path == "/session"
+
+
 # -- methods, paths, bodies ----------------------------------------------------------
 
 
@@ -199,6 +245,19 @@ def test_method_path_query_and_body_are_preserved(edge: EdgeServer, upstream: Ca
     assert seen.query == query
     assert seen.body == body
     assert seen.header("content-type") == "application/json"
+
+
+def test_the_edge_frames_the_body_itself(edge: EdgeServer, upstream: CaptureServer) -> None:
+    with client(edge) as c:
+        assert c.post("/empty", content=b"", headers=ADMIN).status_code == 200
+        assert c.post("/sized", content=b"abc", headers=ADMIN).status_code == 200
+        assert c.post("/chunked", content=iter([b"ab", b"c"]), headers=ADMIN).status_code == 200
+    empty, sized, chunked = (upstream.last(p) for p in ("/empty", "/sized", "/chunked"))
+    assert empty.header_values("content-length") == ["0"] and empty.body == b""
+    assert sized.header_values("content-length") == ["3"] and sized.body == b"abc"
+    assert "transfer-encoding" not in sized.header_names
+    assert chunked.header_values("transfer-encoding") == ["chunked"] and chunked.body == b"abc"
+    assert "content-length" not in chunked.header_names
 
 
 def _generated(size: int, chunk: int = 256 * 1024) -> Iterator[bytes]:
@@ -407,9 +466,10 @@ def test_unreachable_container_gets_a_fast_clear_502(edge: EdgeServer) -> None:
 
 def test_unreachable_container_shows_browsers_an_html_page(edge: EdgeServer) -> None:
     attach_upstream(edge, free_port())
+    cookie = _login_cookie(edge)
     start = time.monotonic()
     with client(edge) as c:
-        response = c.get("/", headers=ADMIN | BROWSER | {
+        response = c.get("/L3dvcmsvYXBw/session", headers=BROWSER | {"Cookie": cookie,
             "Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"})
     assert time.monotonic() - start < 2.0
     assert response.status_code == 502

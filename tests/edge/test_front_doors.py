@@ -103,18 +103,31 @@ def test_api_gateway_post_body_and_cookies_pass(api: tuple[Any, str],
     assert seen.header("x-api-key") is None
 
 
-def test_api_gateway_admin_basic_login_from_a_browser_gets_a_secure_cookie(
+def test_api_gateway_browser_login_gets_a_secure_host_prefixed_cookie(
         api: tuple[Any, str]) -> None:
     handler, _ = api
-    basic = base64.b64encode(f"admin:{ADMIN_PASSWORD}".encode()).decode()
-    result = handler(_event("get", authorization=f"Basic {basic}",
-                            **{"sec-fetch-mode": "navigate",
-                               "user-agent": "Mozilla/5.0"}), _Context())
-    assert result["statusCode"] == 200
+    browser = {"sec-fetch-mode": "navigate", "sec-fetch-site": "none",
+               "accept": "text/html", "user-agent": "Mozilla/5.0"}
+    # A browser is sent to the login page, never asked for Basic.
+    result = handler(_event("get", **browser), _Context())
+    assert result["statusCode"] == 303
+    headers = {k.lower(): v for k, v in result["headers"].items()}
+    assert headers["location"].startswith("/_edge/login?next=")
+    assert "www-authenticate" not in headers
+    # The form, posted from the edge's own page.
+    event = _event("post", **browser | {
+        "sec-fetch-site": "same-origin", "content-type": "application/x-www-form-urlencoded",
+        "origin": "https://abc123.execute-api.us-east-1.amazonaws.com"})
+    event["rawPath"] = event["requestContext"]["http"]["path"] = "/_edge/login"
+    form = f"username=admin&password={ADMIN_PASSWORD}&next=%2Fsession".encode()
+    event["body"], event["isBase64Encoded"] = base64.b64encode(form).decode(), True
+    event["headers"]["content-length"] = str(len(form))
+    result = handler(event, _Context())
+    assert result["statusCode"] == 303, result
     cookies = result.get("cookies") or [
         v for k, v in result.get("multiValueHeaders", {}).items() if k.lower() == "set-cookie"]
-    cookie = next(c for c in cookies if c.startswith("ocedge_session="))
-    assert "Secure" in cookie and "HttpOnly" in cookie
+    cookie = next(c for c in cookies if c.startswith("__Host-ocedge_session="))
+    assert "Secure" in cookie and "HttpOnly" in cookie and "Path=/" in cookie
 
 
 def test_api_gateway_event_stream_gets_501_naming_the_streaming_url(

@@ -10,6 +10,7 @@ import time
 import httpx
 
 from tests.support.edge import EdgeServer
+from tests.support.login import login_cookie
 
 
 def _subscribe(url: str, key: str, events: queue.Queue[tuple[float, dict[str, object]]],
@@ -72,20 +73,17 @@ def test_terminal_websocket_through_the_edge_runs_a_command(live_edge: EdgeServe
     from websockets.asyncio.client import connect
 
     key = live_edge.create_key("pty")
-    browser = {"Sec-Fetch-Mode": "navigate", "User-Agent": "Mozilla/5.0 test"}
-    login = httpx.get(f"{live_edge.url}/global/health", timeout=60,
-                      headers={"Authorization": f"Bearer {key}", **browser})
-    assert login.status_code == 200
-    cookie = login.cookies.get("ocedge_session")
-    assert cookie, "a browser login gets a session cookie"
-    created = httpx.post(f"{live_edge.url}/pty", json={}, timeout=15,
+    # Logged in on the login page (with the key as the password), as a browser does.
+    cookie = login_cookie(live_edge.url, "anyone", key).split("=", 1)[1]
+    created = httpx.post(f"{live_edge.url}/pty", json={}, timeout=60,
                          cookies={"ocedge_session": cookie})
     assert created.status_code == 200, created.text
     pty_id = created.json()["id"]
 
     async def run_command() -> str:
         ws_url = live_edge.url.replace("http://", "ws://") + f"/pty/{pty_id}/connect"
-        async with connect(ws_url, additional_headers={"Cookie": f"ocedge_session={cookie}"},
+        async with connect(ws_url, additional_headers={"Cookie": f"ocedge_session={cookie}",
+                                                        "Origin": live_edge.url},
                            open_timeout=15) as ws:
             await ws.send("echo edge-$((6*7))\n")
             out = ""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import http.client
+import os
 import socket
 import ssl
 import threading
@@ -13,8 +15,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from container.child import descendants
 from container.gate import Gate
 from container.tls import BootCertificate, make_certificate
+from edge.links import pinned_context
 from infra.lifecycle import Lifecycle
 from infra.net import free_port
 from tests.support.capture import (
@@ -27,6 +31,9 @@ from tests.support.edge import ADMIN_PASSWORD, EdgeServer, make_settings, runnin
 from tests.support.fake_model import FakeModelServer
 
 CREDENTIAL_HEADER = b"Basic " + base64.b64encode(f"opencode:{INTERNAL_SECRET}".encode())
+# opencode's own password, in opencode's (and so the agent's) environment: the gate
+# puts it on every request it relays, and refuses it from outside.
+OPENCODE_HEADER = b"Basic " + base64.b64encode(b"opencode:opencode-own-password")
 
 
 class GateThread:
@@ -35,7 +42,8 @@ class GateThread:
     def __init__(self, upstream_port: int, cert: BootCertificate) -> None:
         self.cert = cert
         self.loop = asyncio.new_event_loop()
-        self.gate = Gate(CREDENTIAL_HEADER, upstream_port, cert.server_context())
+        self.gate = Gate(CREDENTIAL_HEADER, upstream_port, cert.server_context(),
+                         upstream_authorization=OPENCODE_HEADER)
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.port: int = asyncio.run_coroutine_threadsafe(
@@ -79,7 +87,7 @@ def test_the_edge_reaches_the_container_through_the_pinned_gate(
     response = httpx.get(f"{edge.url}/session?x=1", auth=("admin", ADMIN_PASSWORD), timeout=10)
     assert response.status_code == 200
     seen = capture.last("/session")
-    assert seen.header("authorization") == CREDENTIAL_HEADER.decode()
+    assert seen.header_values("authorization") == [OPENCODE_HEADER.decode()]
     assert seen.header("x-forwarded-proto") == "http"
 
 
@@ -131,6 +139,51 @@ def test_the_gate_refuses_a_connection_without_the_internal_credential(
     assert len(capture.requests) == before
 
 
+def test_the_gate_refuses_opencodes_own_password(gate: GateThread,
+                                                 capture: CaptureServer) -> None:
+    """opencode's password is readable by the agent: over the network it is refused."""
+    before = len(capture.requests)
+    for head in (b"Authorization: " + OPENCODE_HEADER,
+                 b"Authorization: " + CREDENTIAL_HEADER + b"\r\nAuthorization: " + OPENCODE_HEADER):
+        with socket.create_connection(("127.0.0.1", gate.port), timeout=5) as raw, \
+                _attacker_context().wrap_socket(raw) as tls:
+            tls.sendall(b"GET /session HTTP/1.1\r\nHost: x\r\n" + head + b"\r\n\r\n")
+            assert tls.recv(4096).startswith(b"HTTP/1.1 401")
+    assert len(capture.requests) == before
+
+
+def _attacker_context() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def test_every_request_on_a_kept_alive_connection_is_checked_and_rewritten(
+        gate: GateThread, capture: CaptureServer) -> None:
+    connection = http.client.HTTPSConnection("127.0.0.1", gate.port, timeout=10,
+                                             context=pinned_context(gate.cert.cert_pem))
+    own = {"Authorization": CREDENTIAL_HEADER.decode()}
+    try:
+        connection.request("POST", "/one", body=b"x" * 70_000, headers=own)
+        assert connection.getresponse().read() and connection.sock is not None
+        sock = connection.sock
+        connection.request("POST", "/two", body=iter([b"ab", b"", b"cd" * 40_000]),
+                           headers=own, encode_chunked=True)
+        assert connection.getresponse().status == 200
+        assert connection.sock is sock, "the gate did not keep the connection"
+        connection.request("GET", "/three", headers={"Authorization": OPENCODE_HEADER.decode()})
+        with pytest.raises((http.client.HTTPException, OSError)):
+            connection.getresponse()
+    finally:
+        connection.close()
+    one, two = capture.last("/one"), capture.last("/two")
+    assert one.body == b"x" * 70_000 and two.body == b"ab" + b"cd" * 40_000
+    for seen in (one, two):
+        assert seen.header_values("authorization") == [OPENCODE_HEADER.decode()]
+    assert all(r.path != "/three" for r in capture.requests)
+
+
 def test_plain_http_to_the_gate_gets_nothing(gate: GateThread,
                                              capture: CaptureServer) -> None:
     with socket.create_connection(("127.0.0.1", gate.port), timeout=5) as raw:
@@ -165,3 +218,26 @@ def test_the_real_container_serves_through_its_gate_and_the_edge_pins_it(
         created = httpx.post(f"{edge.url}/session", headers=auth, json={"title": "tls"},
                              timeout=30)
         assert created.status_code == 200
+        # opencode's password (in its environment, so the agent's) is not the gate's
+        # credential, and the gate refuses it; the credential the edge sends works.
+        password = opencode_environment_of(os.getpid())["OPENCODE_SERVER_PASSWORD"]
+        assert state.credential and password and password != state.credential
+        with httpx.Client(base_url=f"https://{state.endpoint}", trust_env=False, timeout=10,
+                          verify=pinned_context(state.cert_pem)) as direct:
+            assert direct.get("/global/health", auth=("opencode", password)).status_code == 401
+            assert direct.get("/global/health",
+                              auth=("opencode", state.credential)).status_code == 200
+
+
+def opencode_environment_of(ancestor: int) -> dict[str, str]:
+    """The environment of the opencode server started under ``ancestor``."""
+    for pid in descendants(ancestor):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if b"web" in argv and any(b"opencode" in arg for arg in argv):
+                raw = Path(f"/proc/{pid}/environ").read_bytes()
+                return dict(item.decode().partition("=")[::2] for item in raw.split(b"\0")
+                            if b"=" in item)
+        except FileNotFoundError:
+            continue
+    raise AssertionError("opencode's process was not found")

@@ -17,7 +17,7 @@ import pytest
 from moto import mock_aws
 
 from infra.aws.client import AioApi, AwsApi, AwsError, Boto3Api
-from infra.aws.compute import EC2Compute
+from infra.aws.compute import EC2_BUDGET, EC2Compute
 from infra.aws.reaper_lambda import handler as reaper_handler
 from infra.aws.state import DynamoDBStateStore
 from infra.deadline import Deadline
@@ -75,7 +75,7 @@ def ec2(aws_credentials: None) -> Iterator[Any]:
 
 def _compute(instance_id: str) -> tuple[EC2Compute, CountingApi]:
     api = CountingApi(Boto3Api(REGION, None))
-    return EC2Compute(api, instance_id, poll=0.05, wait_timeout=10), api
+    return EC2Compute(api, instance_id, poll=0.05, budget=EC2_BUDGET.scaled(0.05)), api
 
 
 # -- start / stop / describe -----------------------------------------------------------
@@ -91,6 +91,7 @@ def test_start_and_stop_are_idempotent(ec2: Any) -> None:
     assert api.calls.get("start_instances") == 1
     info = asyncio.run(compute.describe())
     assert info.running and instance in info.detail and "running" in info.detail
+    assert (info.state, info.phase, compute.host) == ("running", "running", instance)
     asyncio.run(compute.stop())
     asyncio.run(compute.stop())
     assert instance_state(ec2, instance) == "stopped"
@@ -101,7 +102,8 @@ def test_start_while_stopping_waits_for_the_stop_then_starts(ec2: Any) -> None:
     instance = create_instance(ec2, state="running")
     set_instance_state(instance, "stopping")
     compute, api = _compute(instance)
-    assert asyncio.run(compute.describe()).running is False  # going away
+    info = asyncio.run(compute.describe())
+    assert (info.running, info.phase) == (False, "stopping")  # going away
     timer = threading.Timer(0.4, set_instance_state, (instance, "stopped"))
     timer.start()
     started = time.monotonic()
@@ -162,7 +164,8 @@ def test_wake_run_sleep_cycle_through_ec2_and_dynamodb(ec2: Any) -> None:
     instance = create_instance(ec2)
     compute, _ = _compute(instance)
     store = DynamoDBStateStore(Boto3Api(REGION, None), STATE_TABLE)
-    edge, container = Lifecycle(store, owner="edge"), Lifecycle(store, owner="container")
+    edge = Lifecycle(store, compute, owner="edge")
+    container = Lifecycle(store, owner="container", host=instance)
 
     async def cycle() -> None:
         # The edge takes the start lease and powers the instance on.
@@ -174,10 +177,19 @@ def test_wake_run_sleep_cycle_through_ec2_and_dynamodb(ec2: Any) -> None:
         assert instance_state(ec2, instance) == "running"
         assert (await store.get()).status == Status.STARTING
 
-        # The container boots and registers itself under a new generation.
-        running = await container.register_running("203.0.113.7:8443", "internal",
-                                                   "-----BEGIN CERTIFICATE-----\n", 600)
-        assert running.generation == lease.generation + 1
+        # The container boots, claims the start asked of its instance (the item says
+        # which, and DynamoDB keeps the steps), and registers under a newer generation.
+        assert (await store.get()).host == instance
+        assert [step for step, _ in (await store.get()).steps] == ["wake requested"]
+        claim = await container.claim()
+        assert claim is not None and claim.generation == lease.generation + 1
+        assert await Lifecycle(store, owner="elsewhere", host="i-0ther").claim() is None
+        assert [step for step, _ in (await store.get()).steps] == [
+            "wake requested", "host up, container starting"]
+        running = await container.register_claimed(
+            claim, "203.0.113.7:8443", "internal", "-----BEGIN CERTIFICATE-----\n", 600)
+        assert running is not None and running.generation == claim.generation + 1
+        assert await store.get() == running
         current = await store.get()
         assert (current.status, current.endpoint, current.cert_pem) == (
             Status.RUNNING, "203.0.113.7:8443", "-----BEGIN CERTIFICATE-----\n")

@@ -24,14 +24,16 @@ from edge.session import SessionSigner
 from edge.throttle import FailureThrottle
 from infra.aws.client import AioApi, Boto3Api
 from infra.aws.keys import DynamoDBKeyStore
-from infra.aws.secrets import ServerSecrets, SsmSecrets
+from infra.aws.secrets import SsmSecrets
 from infra.aws.stack import resolve
 from infra.aws.state import DynamoDBStateStore
 from infra.backends import backends_for_tools
 from infra.credentials import mint_api_key
 from infra.interfaces import AdminUser, BackendError, ContainerState, Status
 from infra.lifecycle import Lifecycle
+from infra.secrets import ContainerSecrets, EdgeSecrets, ServerSecrets
 from tests.support.aws import (
+    CONTAINER_SECRETS_PARAMETER,
     KEYS_TABLE,
     REGION,
     SECRETS_PARAMETER,
@@ -195,38 +197,54 @@ def test_a_stale_generation_is_rejected_and_never_overwrites_the_newer(aws: Boto
 # -- secrets -----------------------------------------------------------------------------
 
 
-def test_secrets_are_created_once_as_a_secure_string_and_then_kept(aws: Boto3Api) -> None:
-    first, second = SsmSecrets(aws, SECRETS_PARAMETER), SsmSecrets(aws, SECRETS_PARAMETER)
-    assert first.read() is None
+def _ssm(aws: Boto3Api) -> SsmSecrets:
+    return SsmSecrets(aws, SECRETS_PARAMETER, CONTAINER_SECRETS_PARAMETER)
+
+
+def test_secrets_are_two_secure_strings_created_once_and_then_kept(aws: Boto3Api) -> None:
+    first, second = ServerSecrets(_ssm(aws)), ServerSecrets(_ssm(Boto3Api(REGION, None)))
+    assert first.edge(create=False) is None and first.container(create=False) is None
     assert first.ensure() is True
     assert second.ensure() is False
-    assert first.read() == second.read()
-    parameter = boto3.client("ssm", region_name=REGION).get_parameter(
-        Name=SECRETS_PARAMETER, WithDecryption=True)["Parameter"]
-    assert parameter["Type"] == "SecureString"
-    stored = ServerSecrets.from_json(parameter["Value"], SECRETS_PARAMETER)
-    assert stored == first.read()
-    assert len({stored.sealing_key, stored.pepper, stored.session_secret}) == 3
-    assert "sealing_key" not in repr(stored) or stored.sealing_key.hex() not in repr(stored)
+    assert first.edge() == second.edge() and first.container() == second.container()
+    ssm = boto3.client("ssm", region_name=REGION)
+    edge = ssm.get_parameter(Name=SECRETS_PARAMETER, WithDecryption=True)["Parameter"]
+    container = ssm.get_parameter(Name=CONTAINER_SECRETS_PARAMETER,
+                                  WithDecryption=True)["Parameter"]
+    assert edge["Type"] == container["Type"] == "SecureString"
+    # Split by who needs them: the edge's holds no sealing key, the container's no pepper.
+    edge_secrets = EdgeSecrets.from_json(edge["Value"], SECRETS_PARAMETER)
+    sealing = ContainerSecrets.from_json(container["Value"], CONTAINER_SECRETS_PARAMETER)
+    assert "sealing" not in edge["Value"] and sealing.sealing_key.hex() not in edge["Value"]
+    assert "pepper" not in container["Value"] and "session" not in container["Value"]
+    assert edge_secrets == first.edge() and sealing == first.container()
+    assert len({edge_secrets.session_secret, edge_secrets.peppers[0], sealing.sealing_key}) == 3
+    for value in (edge_secrets.session_secret, edge_secrets.peppers[0], sealing.sealing_key):
+        assert value.hex() not in repr(edge_secrets) + repr(sealing)
 
 
 def test_racing_creators_end_up_with_one_set_of_secrets(aws: Boto3Api) -> None:
-    sources = [SsmSecrets(Boto3Api(REGION, None), SECRETS_PARAMETER) for _ in range(6)]
+    sources = [ServerSecrets(_ssm(Boto3Api(REGION, None))) for _ in range(6)]
 
-    async def race() -> list[bytes | None]:
-        return list(await asyncio.gather(*(asyncio.to_thread(s.get, "pepper", True)
-                                           for s in sources)))
+    async def race() -> list[EdgeSecrets | None]:
+        return list(await asyncio.gather(*(asyncio.to_thread(s.edge, True) for s in sources)))
 
-    peppers = asyncio.run(race())
-    assert len(set(peppers)) == 1 and peppers[0] is not None
+    found = asyncio.run(race())
+    assert found[0] is not None and all(f == found[0] for f in found)
 
 
 def test_a_foreign_secrets_parameter_is_refused_clearly(aws: Boto3Api) -> None:
     boto3.client("ssm", region_name=REGION).put_parameter(
         Name=SECRETS_PARAMETER, Value="hunter2", Type="SecureString")
-    with pytest.raises(BackendError, match="does not hold opencode-edge secrets") as caught:
-        SsmSecrets(aws, SECRETS_PARAMETER).read()
+    with pytest.raises(BackendError, match="does not hold the edge's opencode-edge secrets") \
+            as caught:
+        ServerSecrets(_ssm(aws)).edge(create=False)
     assert "hunter2" not in str(caught.value)
+
+
+def test_a_missing_parameter_name_says_which_setting_to_give(aws: Boto3Api) -> None:
+    with pytest.raises(BackendError, match="OCEDGE_CONTAINER_SECRETS_PARAMETER"):
+        ServerSecrets(SsmSecrets(aws, SECRETS_PARAMETER, None)).container(create=False)
 
 
 # -- stack and backends ------------------------------------------------------------------
@@ -242,9 +260,10 @@ def test_the_stack_outputs_name_every_resource(aws: Boto3Api) -> None:
     resolved = resolve(settings)
     assert (resolved.backend, resolved.workspace) == ("aws", "s3")
     assert (resolved.keys_table, resolved.state_table, resolved.instance_id,
-            resolved.secrets_parameter, resolved.s3_bucket, resolved.stream_url) == (
+            resolved.secrets_parameter, resolved.container_secrets_parameter,
+            resolved.s3_bucket, resolved.stream_url) == (
         KEYS_TABLE, STATE_TABLE, deployment.instance_id, SECRETS_PARAMETER,
-        "ocedge-test-workspace", WEB_URL)
+        CONTAINER_SECRETS_PARAMETER, "ocedge-test-workspace", WEB_URL)
     # An explicit setting wins over the output.
     assert resolve(settings.with_overrides(keys_table="mine")).keys_table == "mine"
     # And the backends follow the stack by themselves.
@@ -277,7 +296,7 @@ def test_importing_the_backends_loads_no_aws_library() -> None:
 
 
 def _authenticator(keys: Any, pepper: bytes) -> Authenticator:
-    return Authenticator(keys, pepper, SessionSigner(b"s" * 32), FailureThrottle(100, 300),
+    return Authenticator(keys, pepper, SessionSigner(b"s" * 32), FailureThrottle(keys, 100, 300),
                          cache_ttl=30.0)
 
 

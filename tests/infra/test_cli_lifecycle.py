@@ -19,13 +19,19 @@ pytestmark = pytest.mark.unit
 
 
 class NoSecrets:
-    """Waking and sleeping never need a server secret."""
+    """Waking and sleeping never need a server secret (a SecretSource that says so)."""
 
-    def get(self, name: str, create: bool) -> bytes | None:
+    def read(self, name: str) -> str | None:
         raise AssertionError(f"the lifecycle commands read no secret ({name})")
 
-    def ensure(self) -> bool:
+    def create(self, name: str, text: str) -> bool:
         raise AssertionError("the lifecycle commands create no secret")
+
+    def replace(self, name: str, text: str) -> None:
+        raise AssertionError("the lifecycle commands replace no secret")
+
+    def where(self, name: str) -> str:
+        return f"nowhere ({name})"
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from infra.backends import backends_for_tools
 from infra.settings import Settings
 from tests.support import cli
 from tests.support.aws import (
+    CONTAINER_SECRETS_PARAMETER,
     FAKE_CREDENTIALS,
     REGION,
     SECRETS_PARAMETER,
@@ -101,8 +102,9 @@ def test_init_takes_the_edge_from_not_initialised_to_working(
     assert get(aws_edge, "/_edge/status", {"Authorization": f"Bearer {fake_key}"}
                ).status_code == 401
 
-    parameter = moto.client("ssm").get_parameter(Name=SECRETS_PARAMETER)["Parameter"]
-    assert parameter["Type"] == "SecureString"
+    for name in (SECRETS_PARAMETER, CONTAINER_SECRETS_PARAMETER):
+        parameter = moto.client("ssm").get_parameter(Name=name)["Parameter"]
+        assert parameter["Type"] == "SecureString"
 
     # The ordinary CLI finds the same deployment from OCEDGE_STACK alone.
     listed = ocedge(moto, "keys", "list", "--json", env={"OCEDGE_STACK": deployment.stack})
@@ -122,7 +124,8 @@ def test_init_again_changes_the_password_but_keeps_keys_and_secrets(
     assert again.returncode == 0, again.stderr
     report = json.loads(again.stdout)
     assert report["api_key"] is None and report["secrets_created"] is False
-    assert report["secrets"] == SECRETS_PARAMETER and report["web_url"] == WEB_URL
+    assert report["secrets"] == f"{SECRETS_PARAMETER} and {CONTAINER_SECRETS_PARAMETER}"
+    assert report["web_url"] == WEB_URL
 
     assert get(aws_edge, "/_edge/status", {"Authorization": f"Bearer {key}"}).status_code == 200
     assert get(aws_edge, "/_edge/status",

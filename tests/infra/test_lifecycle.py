@@ -10,7 +10,7 @@ import time
 import pytest
 
 from infra.interfaces import ContainerState, Status
-from infra.lifecycle import Lifecycle
+from infra.lifecycle import EXIT_ASLEEP, Lifecycle
 from infra.reaper import reap
 from tests.support.memory import MemoryCompute, MemoryStateStore
 
@@ -297,6 +297,16 @@ def test_a_clean_exit_says_so_and_a_running_host_is_left_alone() -> None:
     assert asyncio.run(lifecycle.container_gone(running)) is None
     assert asyncio.run(state.get()) == running
     compute.crash(exit_code=0)
+    failed = asyncio.run(lifecycle.container_gone(running))
+    assert failed is not None and failed.reason == "the container exited"
+
+
+def test_a_container_that_went_to_sleep_is_no_crash() -> None:
+    state = MemoryStateStore()
+    compute = MemoryCompute(state)
+    lifecycle = _edge(state, compute)
+    running = asyncio.run(lifecycle.wake(5))
+    compute.crash(exit_code=EXIT_ASLEEP)  # its own "asleep" status, before it said so
     failed = asyncio.run(lifecycle.container_gone(running))
     assert failed is not None and failed.reason == "the container exited"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 from pathlib import Path
 
 import pytest
@@ -55,3 +56,23 @@ def test_api_keys_round_trip_without_their_secret(tmp_path: Path) -> None:
     assert asyncio.run(keys.revoke_key(new.record.id, 30.0)) is True
     assert asyncio.run(keys.get_key(new.record.id)).revoked == 20.0  # type: ignore[union-attr]
     assert asyncio.run(keys.revoke_key("nope", 30.0)) is False
+
+
+def test_the_database_and_its_wal_files_are_only_the_owners(tmp_path: Path) -> None:
+    """It holds the admin password's hash, the key hashes and the sealed values."""
+    old = tmp_path / "old" / "ocedge.db"
+    old.parent.mkdir()
+    old.touch(mode=0o644)  # made by an earlier version
+    previous = os.umask(0o022)
+    try:
+        for path in (tmp_path / "new" / "ocedge.db", old):
+            db = Database(path)
+            keys = LocalKeyStore(db)
+            asyncio.run(keys.count_failure("ip:192.0.2.1", 1000.0, 300.0))
+            files = [path, path.with_name("ocedge.db-wal"), path.with_name("ocedge.db-shm")]
+            assert all(f.exists() for f in files)
+            assert {f.name: oct(f.stat().st_mode & 0o777) for f in files} == {
+                f.name: "0o600" for f in files}
+            db.close()
+    finally:
+        os.umask(previous)

@@ -75,8 +75,10 @@ def test_the_local_sealing_key_is_a_0600_file_made_once(state_dir: Path) -> None
     backends = backends_for_tools(make_settings(state_dir))
     assert backends.sealing_key(create=False) is None
     key = backends.sealing_key()
-    path = state_dir / "sealing.key"
+    path = state_dir / "container-secrets.json"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    # The container's document only: the edge's secrets are not made with it.
+    assert not (state_dir / "edge-secrets.json").exists()
     assert backends_for_tools(make_settings(state_dir)).sealing_key(create=False) == key
 
 
@@ -113,7 +115,9 @@ def test_provider_set_list_remove_never_show_the_key(state_dir: Path) -> None:
     assert key.encode() not in (state_dir / "ocedge.db").read_bytes()
     stored = asyncio.run(backends_for_tools(make_settings(state_dir)).keys.get_provider("openai"))
     assert stored is not None
-    assert open_sealed((state_dir / "sealing.key").read_bytes(), "openai", stored.sealed) == key
+    sealing_key = backends_for_tools(make_settings(state_dir)).sealing_key(create=False)
+    assert sealing_key is not None
+    assert open_sealed(sealing_key, "openai", stored.sealed) == key
 
     removed = ocedge(state_dir, "provider", "remove", "openai")
     assert removed.returncode == 0, removed.stderr
@@ -155,7 +159,8 @@ def test_push_gives_opencode_every_key_and_forgets_removed_ones(
                         "/auth/anthropic": {"type": "api", "key": anthropic}}
         assert all(c.header("authorization") == auth._auth_header for c in upstream.requests)
         assert upstream.last().path == "/global/dispose"
-        marker = settings.opencode_data / MARKER
+        # The container's own file, not in opencode's (the agent's) data directory.
+        marker = settings.state_dir / MARKER
         assert json.loads(marker.read_text()) == ["anthropic", "broken", "openai"]
 
         upstream.requests.clear()
@@ -180,7 +185,7 @@ def test_push_with_no_keys_stored_does_nothing(state_dir: Path) -> None:
             httpx.BasicAuth("opencode", "x")))
         assert pushed == [] and upstream.requests == []
     # Nor did it make a sealing key nobody asked for.
-    assert not (state_dir / "sealing.key").exists()
+    assert not (state_dir / "container-secrets.json").exists()
 
 
 # -- end to end: CLI → sealed → container → opencode → model -----------------------------

@@ -29,7 +29,8 @@ REGION = "us-east-1"
 STACK = "ocedge-test"
 KEYS_TABLE = "ocedge-test-keys"
 STATE_TABLE = "ocedge-test-state"
-SECRETS_PARAMETER = "/ocedge-test/secrets"
+SECRETS_PARAMETER = "/ocedge-test/edge-secrets"
+CONTAINER_SECRETS_PARAMETER = "/ocedge-test/container-secrets"
 WEB_URL = "https://web.example.test/"
 API_URL = "https://api.example.test/"
 # moto accepts any credentials; these make sure no real ones are ever used.
@@ -189,6 +190,7 @@ def create_stack(cloudformation: Any, ec2: Any, stack: str = STACK) -> Deploymen
             "StateTable": {"Value": {"Ref": "StateTable"}},
             "InstanceId": {"Value": instance_id},
             "SecretsParameter": {"Value": SECRETS_PARAMETER},
+            "ContainerSecretsParameter": {"Value": CONTAINER_SECRETS_PARAMETER},
             "BucketName": {"Value": "ocedge-test-workspace"},
             "Region": {"Value": REGION},
             "WebUrl": {"Value": WEB_URL},
@@ -211,6 +213,7 @@ def aws_settings(endpoint: str | None, deployment: Deployment | None = None,
         env.update({"OCEDGE_KEYS_TABLE": deployment.keys_table,
                     "OCEDGE_STATE_TABLE": deployment.state_table,
                     "OCEDGE_INSTANCE_ID": deployment.instance_id,
-                    "OCEDGE_SECRETS_PARAMETER": deployment.secrets_parameter})
+                    "OCEDGE_SECRETS_PARAMETER": deployment.secrets_parameter,
+                    "OCEDGE_CONTAINER_SECRETS_PARAMETER": CONTAINER_SECRETS_PARAMETER})
     settings = Settings.from_env(env)
     return settings.with_overrides(**overrides) if overrides else settings

@@ -2,10 +2,13 @@
 
     with launch_chromium() as browser:
         with BrowserPages(browser, shots_dir) as pages:
-            page = pages.new_page(edge.url)      # HTTP Basic as the admin
+            page = pages.new_page(edge.url)      # logged in on the login page as the admin
             anonymous = pages.new_page(edge.url, login=False)
             ...
             pages.failed = True                  # → screenshots of every open page
+
+Browsers log in the way a person does: the login form, then the session cookie
+alone (never Basic credentials).
 
 Playwright's sync API keeps an asyncio loop marked as running on this thread for
 as long as it is started, so ``asyncio.run`` cannot be called meanwhile: read the
@@ -20,14 +23,15 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
+from urllib.parse import quote, urlsplit
 
 import pytest
 from playwright.sync_api import (
     Browser,
     BrowserContext,
-    HttpCredentials,
     Page,
     Response,
     ViewportSize,
@@ -36,6 +40,7 @@ from playwright.sync_api import (
 )
 
 from infra.interfaces import ContainerState
+from infra.net import free_port
 from infra.settings import Settings
 from tests.support.edge import ADMIN_PASSWORD, EdgeServer
 
@@ -80,13 +85,9 @@ class BrowserPages:
         self.log: list[str] = []
         self._started = time.monotonic()
 
-    def new_context(self, base_url: str, login: bool = True,
-                    password: str = ADMIN_PASSWORD) -> BrowserContext:
-        """A fresh context (no cookies, no storage) whose relative URLs go to ``base_url``;
-        with ``login`` it answers the edge's Basic challenge as the admin."""
-        credentials: HttpCredentials = {"username": "admin", "password": password}
-        context = self.browser.new_context(
-            base_url=base_url, viewport=VIEWPORT, http_credentials=credentials if login else None)
+    def new_context(self, base_url: str) -> BrowserContext:
+        """A fresh context (no cookies, no storage) whose relative URLs go to ``base_url``."""
+        context = self.browser.new_context(base_url=base_url, viewport=VIEWPORT)
         context.on("response", self._logged)
         context.on("requestfailed", lambda r: self._note(f"{r.method} {r.url} FAILED {r.failure}"))
         self.contexts.append(context)
@@ -98,9 +99,13 @@ class BrowserPages:
     def _logged(self, response: Response) -> None:
         self._note(f"{response.request.method} {response.url} {response.status}")
 
-    def new_page(self, base_url: str, login: bool = True,
-                 password: str = ADMIN_PASSWORD) -> Page:
-        return self.new_context(base_url, login, password).new_page()
+    def new_page(self, base_url: str, login: bool = True) -> Page:
+        """A page in a fresh context; with ``login`` logged in as the admin on the login
+        page (landing on the health check, which never wakes the container)."""
+        page = self.new_context(base_url).new_page()
+        if login:
+            log_in(page)
+        return page
 
     def save_screenshots(self) -> list[Path]:
         saved = []
@@ -132,6 +137,65 @@ class BrowserPages:
                  tb: TracebackType | None) -> None:
         self.failed = self.failed or kind is not None
         self.close()
+
+
+def fill_login_form(page: Page, password: str = ADMIN_PASSWORD, code: str | None = None,
+                    user: str = "admin") -> None:
+    """Type into the login page's form as a person does, and submit it."""
+    page.get_by_label("User").fill(user)
+    page.get_by_label("Password").fill(password)
+    if code is not None:
+        page.get_by_label("One-time code").fill(code)
+    page.get_by_role("button", name="Log in").click()
+
+
+def log_in(page: Page, password: str = ADMIN_PASSWORD, code: str | None = None,
+           next_path: str = "/_edge/health") -> None:
+    """Log in on the login page and wait to land on ``next_path``."""
+    page.goto(f"/_edge/login?next={quote(next_path, safe='')}")
+    fill_login_form(page, password, code)
+    page.wait_for_url(re.compile(re.escape(next_path) + "$"), timeout=30_000)
+
+
+def landed_already(page: Page, url: str) -> None:
+    """Mark the page's browser as having landed in the workspace once (edge/landing.py),
+    so that opening ``/`` shows opencode's own home page, as it does from then on."""
+    host = urlsplit(url).hostname or "127.0.0.1"
+    page.context.add_cookies([{"name": "ocedge_landed", "value": "1", "domain": host, "path": "/"}])
+
+
+def session_cookies(page: Page) -> list[str]:
+    """The values of the edge's session cookie(s) the page's browser holds."""
+    return [c["value"] for c in page.context.cookies()
+            if c["name"] in ("ocedge_session", "__Host-ocedge_session") and c["value"]]
+
+
+@contextmanager
+def foreign_site(html: str) -> Iterator[str]:
+    """A page served from another port of 127.0.0.1 (the same *site* as the edge, another
+    origin): what an attacker's local server, or any other local web app, could serve."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = html.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
 
 
 # -- the edge under a running Playwright -----------------------------------------------

@@ -1,4 +1,6 @@
-"""Run the real edge app under uvicorn, in a thread, for tests."""
+"""Run the real edge app under uvicorn, in a thread, for tests: on uvloop with
+``edge.server``'s httptools protocol, as ``ocedge dev`` and the Lambda front door
+run it."""
 
 from __future__ import annotations
 
@@ -13,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
+import uvloop
 
 from edge.app import create_app
+from edge.server import HttpProtocol
 from infra.backends import backends_for_requests
 from infra.credentials import mint_api_key
 from infra.net import free_port
@@ -44,13 +48,13 @@ def make_settings(state_dir: Path, model_url: str | None = None, **overrides: An
 class EdgeServer:
     """The edge listening on 127.0.0.1:<port>; ``run`` executes coroutines on its loop."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, port: int | None = None) -> None:
         self.settings = settings
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         # The backends of the request path, as the edge opens them in production.
         self.edge = create_app(settings, backends_for_requests(settings))
-        config = uvicorn.Config(self.edge, host="127.0.0.1", port=self.port,
+        config = uvicorn.Config(self.edge, host="127.0.0.1", port=self.port, http=HttpProtocol,
                                 log_level="warning", lifespan="on", proxy_headers=False,
                                 server_header=False, date_header=False)
         self.server = uvicorn.Server(config)
@@ -58,7 +62,8 @@ class EdgeServer:
         self.thread = threading.Thread(target=self._serve, daemon=True)
 
     def _serve(self) -> None:
-        self.loop = asyncio.new_event_loop()
+        # The loop uvicorn picks in production (`--loop auto`): uvloop.
+        self.loop = uvloop.new_event_loop()
         asyncio.set_event_loop(self.loop)
         self.loop.run_until_complete(self.server.serve())
 

@@ -7,7 +7,10 @@ opencode talks to it through its bundled `@ai-sdk/openai-compatible` provider (s
 - a prompt containing `[slow:SECONDS]` streams that same reply one character at a time,
   spread evenly over SECONDS, so a test can keep a session busy;
 - opencode's title-generation request (system prompt "You are a title generator...")
-  gets a one-line `FAKE-TITLE: <first 30 chars>`.
+  gets a one-line `FAKE-TITLE: <first 30 chars>`;
+- a prompt containing `[bash:COMMAND]` is answered with a call of opencode's `bash`
+  tool running COMMAND (up to the closing `]`); once the tool's result is in the
+  conversation the model replies as to a normal prompt.
 
 Every request is recorded (method, path, headers, JSON body) and served back by
 `GET /_fake/requests`; `DELETE /_fake/requests` clears the record.
@@ -46,6 +49,7 @@ PROVIDER_ID = "fake"
 REPLY_PREFIX = "FAKE-REPLY: "
 TITLE_PREFIX = "FAKE-TITLE: "
 SLOW_MARKER = re.compile(r"\[slow:(\d+(?:\.\d+)?)\]")
+BASH_MARKER = re.compile(r"\[bash:([^\]]+)\]")
 # opencode's title agent prompt (packages/opencode/src/agent/prompt/title.txt).
 TITLE_SYSTEM_HINT = "title generator"
 TITLE_USER_HINT = "Generate a title for this conversation"
@@ -85,6 +89,19 @@ def _is_title_request(messages: list[JSONDict]) -> bool:
         if role == "user" and text.lstrip().startswith(TITLE_USER_HINT):
             return True
     return False
+
+
+def plan_tool_call(body: JSONDict) -> JSONDict | None:
+    """The tool call the model makes for this request, if any: a ``[bash:COMMAND]``
+    prompt gets one bash call, until a tool result follows it."""
+    messages = [m for m in body.get("messages", []) if isinstance(m, dict)]
+    if not messages or messages[-1].get("role") != "user" or _is_title_request(messages):
+        return None
+    marker = BASH_MARKER.search(_content_text(messages[-1].get("content")))
+    if marker is None:
+        return None
+    return {"name": "bash", "arguments": json.dumps(
+        {"command": marker.group(1), "description": "Run the requested command"})}
 
 
 def plan_reply(body: JSONDict) -> tuple[str, float]:
@@ -145,6 +162,16 @@ def _usage(body: JSONDict, text: str) -> JSONDict:
     }
 
 
+async def _stream_tool_call(body: JSONDict, call: JSONDict) -> AsyncIterator[str]:
+    completion_id = f"chatcmpl-{uuid.uuid4().hex[:12]}"
+    created = int(time.time())
+    yield _sse(_chunk(completion_id, created, {"role": "assistant", "content": None, "tool_calls": [
+        {"index": 0, "id": f"call_{uuid.uuid4().hex[:12]}", "type": "function",
+         "function": {"name": call["name"], "arguments": call["arguments"]}}]}))
+    yield _sse(_chunk(completion_id, created, {}, "tool_calls") | {"usage": _usage(body, "")})
+    yield "data: [DONE]\n\n"
+
+
 async def _stream(body: JSONDict, text: str, seconds: float) -> AsyncIterator[str]:
     completion_id = f"chatcmpl-{uuid.uuid4().hex[:12]}"
     created = int(time.time())
@@ -188,6 +215,10 @@ def create_app(recorder: _Recorder | None = None) -> Starlette:
         body = item["body"]
         if not isinstance(body, dict):
             return JSONResponse({"error": {"message": "body must be a JSON object"}}, status_code=400)
+        call = plan_tool_call(body)
+        if call is not None and body.get("stream"):
+            return StreamingResponse(_stream_tool_call(body, call), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache"})
         text, seconds = plan_reply(body)
         if body.get("stream"):
             return StreamingResponse(

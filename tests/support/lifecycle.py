@@ -55,6 +55,16 @@ def writes(edge: EdgeServer, kind: str | None = None) -> list[tuple[float, str, 
     return rows
 
 
+def generations(edge: EdgeServer) -> list[tuple[float, str, str, str, int]]:
+    """The state puts of the audit with the generation each wrote: (at, writer, kind,
+    status, generation)."""
+    db = database(edge.settings.state_dir.resolve())
+    rows: list[tuple[float, str, str, str, int]] = db.run(lambda conn: conn.execute(
+        "SELECT at, writer, kind, status, generation FROM state_writes WHERE kind = 'put' "
+        "ORDER BY at").fetchall())
+    return rows
+
+
 def wait_for(edge: EdgeServer, ok: Callable[[ContainerState], bool], timeout: float,
              what: str, poll: float = 0.1) -> ContainerState:
     deadline = time.monotonic() + timeout

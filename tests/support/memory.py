@@ -13,11 +13,14 @@ import asyncio
 import dataclasses
 from dataclasses import dataclass, field
 
+from infra.agent_secrets import AgentSecret
 from infra.interfaces import (
     AdminUser,
     ApiKeyRecord,
     ComputeInfo,
     ContainerState,
+    Failures,
+    HostBudget,
     ProviderCredential,
     Status,
 )
@@ -31,7 +34,13 @@ class MemoryKeyStore:
         self.admin: AdminUser | None = None
         self.keys: dict[str, ApiKeyRecord] = {}
         self.providers: dict[str, ProviderCredential] = {}
+        self.secrets: dict[str, AgentSecret] = {}
+        self.epoch = 0
+        self.totp: bytes | None = None
+        self.totp_step = 0
+        self.failures: dict[str, Failures] = {}
         self.lookups = 0  # get_key calls
+        self.failure_reads = 0  # get_failures calls
 
     async def get_admin(self) -> AdminUser | None:
         await asyncio.sleep(0)
@@ -71,6 +80,22 @@ class MemoryKeyStore:
         if record is not None:
             self.keys[key_id] = dataclasses.replace(record, last_used=when)
 
+    async def rehash_key(self, key_id: str, expected: bytes, new: bytes) -> bool:
+        await asyncio.sleep(0)
+        record = self.keys.get(key_id)
+        if record is None or record.secret_hash != expected:
+            return False
+        self.keys[key_id] = dataclasses.replace(record, secret_hash=new)
+        return True
+
+    async def reseal_provider(self, provider: str, expected: bytes, sealed: bytes) -> bool:
+        await asyncio.sleep(0)
+        old = self.providers.get(provider)
+        if old is None or old.sealed != expected:
+            return False
+        self.providers[provider] = dataclasses.replace(old, sealed=sealed)
+        return True
+
     async def put_provider(self, provider: str, sealed: bytes, when: float) -> None:
         await asyncio.sleep(0)
         old = self.providers.get(provider)
@@ -88,6 +113,77 @@ class MemoryKeyStore:
     async def remove_provider(self, provider: str) -> bool:
         await asyncio.sleep(0)
         return self.providers.pop(provider, None) is not None
+
+    async def put_secret(self, name: str, sealed: bytes, when: float) -> None:
+        await asyncio.sleep(0)
+        old = self.secrets.get(name)
+        self.secrets[name] = AgentSecret(name, sealed, old.created if old else when, when)
+
+    async def list_secrets(self) -> list[AgentSecret]:
+        await asyncio.sleep(0)
+        return [self.secrets[name] for name in sorted(self.secrets)]
+
+    async def remove_secret(self, name: str) -> bool:
+        await asyncio.sleep(0)
+        return self.secrets.pop(name, None) is not None
+
+    async def reseal_secret(self, name: str, expected: bytes, sealed: bytes) -> bool:
+        await asyncio.sleep(0)
+        old = self.secrets.get(name)
+        if old is None or old.sealed != expected:
+            return False
+        self.secrets[name] = dataclasses.replace(old, sealed=sealed)
+        return True
+
+    async def session_epoch(self) -> int:
+        await asyncio.sleep(0)
+        return self.epoch
+
+    async def end_sessions(self) -> int:
+        await asyncio.sleep(0)
+        self.epoch += 1
+        return self.epoch
+
+    async def get_totp(self) -> bytes | None:
+        await asyncio.sleep(0)
+        return self.totp
+
+    async def set_totp(self, sealed: bytes | None) -> None:
+        await asyncio.sleep(0)
+        self.totp, self.totp_step = sealed, 0
+
+    async def use_totp_step(self, step: int) -> bool:
+        await asyncio.sleep(0)
+        if step <= self.totp_step:
+            return False
+        self.totp_step = step
+        return True
+
+    async def count_failure(self, name: str, now: float, window: float) -> Failures:
+        await asyncio.sleep(0)
+        # Read and write with no await between: the store's atomic update.
+        old = self.failures.get(name)
+        if old is None or now - old.since >= window:
+            new = Failures(1, now)
+        else:
+            new = Failures(old.count + 1, old.since)
+        self.failures[name] = new
+        return new
+
+    async def forgive_failure(self, name: str, since: float) -> None:
+        await asyncio.sleep(0)
+        old = self.failures.get(name)
+        if old is not None and old.since == since and old.count > 0:
+            self.failures[name] = Failures(old.count - 1, old.since)
+
+    async def get_failures(self, name: str) -> Failures | None:
+        await asyncio.sleep(0)
+        self.failure_reads += 1
+        return self.failures.get(name)
+
+    async def clear_failures(self, name: str) -> None:
+        await asyncio.sleep(0)
+        self.failures.pop(name, None)
 
 
 @dataclass(frozen=True)
@@ -157,6 +253,8 @@ class MemoryCompute:
 
     state: MemoryStateStore | None = None
     boot: float = 0.0
+    host: str = "memory"
+    budget: HostBudget = field(default_factory=HostBudget)
     registers: bool = True
     start_error: Exception | None = None
     exit_code: int | None = None
