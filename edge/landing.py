@@ -23,14 +23,11 @@ from __future__ import annotations
 
 import time
 
-from starlette.responses import HTMLResponse
-
 from edge import pages
 from edge.request import header_values, is_navigation, is_secure
 from edge.types import ASGIApp, Receive, Scope, Send
 from infra.interfaces import Status
 from infra.lifecycle import Lifecycle
-from infra.progress import report
 from infra.settings import Settings
 
 LANDED_COOKIE = "ocedge_landed"
@@ -57,12 +54,7 @@ class Landing:
         if current.status != Status.RUNNING:
             current = await self.lifecycle.wake(self.settings.wake_wait)
         if current.status != Status.RUNNING:
-            failed = current.status == Status.FAILED and current.reason is not None
-            waking = HTMLResponse(
-                pages.waking_page(current.status, current.generation, current.reason, failed,
-                                  report(current, time.time())),
-                status_code=503, headers={"Retry-After": "5", "Cache-Control": "no-store"})
-            await waking(scope, receive, send)
+            await pages.waking_response(current, time.time())(scope, receive, send)
             return
         secure = is_secure(scope, self.settings.cookie_secure, self.settings.trust_forwarded)
         cookie = f"{LANDED_COOKIE}=1; Path=/; HttpOnly; SameSite=Lax"

@@ -17,7 +17,8 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from edge.request import wants_html
 from edge.types import Scope
-from infra.progress import CURRENT, FAILED, StepReport
+from infra.interfaces import ContainerState, Status
+from infra.progress import CURRENT, FAILED, StepReport, report
 
 REALM_CHALLENGE = 'Basic realm="opencode-edge", charset="UTF-8"'
 LOGIN_PATH = "/_edge/login"
@@ -228,6 +229,16 @@ def waking_page(status: str, generation: int, reason: str | None, failed: bool,
               .replace("__FAILED__", "true" if failed else "false")
               .replace("__STEPS_JSON__", steps_json))
     return _render("Starting your workspace", content, script, centered=True)
+
+
+def waking_response(current: ContainerState, now: float) -> HTMLResponse:
+    """The waking page for ``current`` as a 503 to retry: what a navigation gets while
+    the workspace starts (the proxy) or before it can land there (the landing)."""
+    failed = current.status == Status.FAILED and current.reason is not None
+    return HTMLResponse(
+        waking_page(current.status, current.generation, current.reason, failed,
+                    report(current, now)),
+        status_code=503, headers={"Retry-After": "5", "Cache-Control": "no-store"})
 
 
 # The landing page (edge/landing.py): asks opencode for its project directory and the

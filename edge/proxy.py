@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import JSONResponse, Response
 
 from edge import pages
 from edge.forwarding import BadRequest, UpstreamUnavailable, request_target
@@ -24,7 +24,6 @@ from edge.websocket import forward_websocket
 from infra.deadline import Deadline
 from infra.interfaces import ContainerState, StateStore, Status
 from infra.lifecycle import Lifecycle
-from infra.progress import report
 from infra.settings import Settings
 
 log = logging.getLogger("ocedge.edge")
@@ -155,10 +154,7 @@ class Proxy:
         headers = {"Retry-After": "5", "Cache-Control": "no-store"}
         response: Response
         if is_navigation(scope):
-            response = HTMLResponse(
-                pages.waking_page(current.status, current.generation, current.reason, failed,
-                                  report(current, time.time())),
-                status_code=503, headers=headers)
+            response = pages.waking_response(current, time.time())
         elif failed:
             response = JSONResponse(
                 {"error": "start_failed", "status": current.status,
