@@ -34,6 +34,7 @@ from container.gate import Gate
 from container.notices import notices_for
 from container.opencode import USERNAME, OpencodeFailed, OpencodeServer, opencode_environment
 from container.providers import push_provider_keys
+from container.terminal import TerminalListener
 from container.tls import make_certificate
 from container.watcher import SUPERSEDED, KeepAlive
 from container.workspace import Workspace, WorkspaceError, open_workspace
@@ -152,6 +153,26 @@ async def run(settings: Settings) -> int:
             return await failed_to_start(f"the TLS gate could not start: {exc}")
         endpoint, cert_pem = f"{host}:{port}", certificate.cert_pem
 
+    # The terminal listener (container/terminal.py): on AWS, CloudFront's origin for the
+    # terminal's WebSocket, relaying ticketed upgrades to opencode on loopback.
+    terminal = None
+    if settings.terminal_port and settings.origin_secret:  # Settings refuses one alone
+        terminal = TerminalListener(settings.origin_secret, server.port, settings.public_url)
+        try:
+            await terminal.start(settings.terminal_host, settings.terminal_port)
+        except OSError as exc:
+            if gate is not None:
+                await gate.close()
+            await server.stop()
+            await save(workspace, time.monotonic() + settings.stop_budget)
+            return await failed_to_start(f"the terminal listener could not start: {exc}")
+
+    async def close_listeners() -> None:
+        if gate is not None:
+            await gate.close()
+        if terminal is not None:
+            await terminal.close()
+
     # 3. Registered (only while our claim holds) and serving until idle, told to stop,
     #    opencode dies or the workspace does (rclone or Litestream exited under it).
     if claim is None:
@@ -164,8 +185,7 @@ async def run(settings: Settings) -> int:
             log.error("the start of %s was taken over meanwhile (the deployment moved on "
                       "from generation %d): this container must not serve it",
                       settings.instance_id, claim.generation)
-            if gate is not None:
-                await gate.close()
+            await close_listeners()
             await server.stop()
             await save(workspace, time.monotonic() + settings.stop_budget)
             return 1
@@ -178,6 +198,9 @@ async def run(settings: Settings) -> int:
     notices = await notices_for(settings, backends, server.url, server.auth)
     keepalive = KeepAlive(server.url, server.auth, lifecycle, generation,
                           Deadline(backends.state, settings.idle_timeout, owner), notices=notices)
+    if terminal is not None:
+        # Typing in the terminal is activity; on AWS it reaches the container directly.
+        terminal.on_activity = lambda: keepalive.activity("terminal")
     check_every = min(5.0, max(0.2, settings.idle_timeout / 20))
     follow = asyncio.ensure_future(keepalive.follow())
     exited = asyncio.ensure_future(server.wait())
@@ -190,8 +213,7 @@ async def run(settings: Settings) -> int:
     await notices.close()  # never waits for a notice still being delivered
     failure = broken.result() if broken.done() else None
     broken.cancel()
-    if gate is not None:
-        await gate.close()
+    await close_listeners()
 
     # 4. Every way out saves the workspace, within the stop budget: opencode stops
     #    first so nothing writes any more, then the database and the files go to S3.

@@ -1,8 +1,12 @@
 """The edge, composed: browser defences, the login page, authentication, then the
 edge's own routes and the proxy.
 
-    NoFraming → SameOrigin → Login (/_edge/login, /_edge/logout)
+    NoFraming → [CloudFrontOrigin → TerminalTickets] → SameOrigin → Login (/_edge/login, …)
         → Authentication → EdgeRoutes (/_edge/…) → Landing (first `/`) → Proxy (wake, forward)
+
+The bracketed layers only on AWS's streaming front door (OCEDGE_ORIGIN_SECRET): refuse
+what did not come through the distribution, hand the rest on as the viewer sent it, and
+sign the terminal tickets the container's terminal listener will take.
 
 plus the lifespan: at start-up it warms the AWS clients, or (locally) creates the
 admin and prints its password once; at shutdown it closes what it opened.
@@ -19,6 +23,7 @@ from typing import Any
 
 from edge.auth import Authenticator
 from edge.authentication import Authentication
+from edge.cloudfront import CloudFrontOrigin
 from edge.framing import NoFraming
 from edge.landing import Landing
 from edge.links import UpstreamLinks
@@ -29,8 +34,9 @@ from edge.proxy import Proxy
 from edge.routes import EdgeRoutes
 from edge.session import SessionSigner
 from edge.stream_deadline import StreamDeadline
+from edge.terminal_tickets import TerminalTickets
 from edge.throttle import FailureThrottle
-from edge.types import Receive, Scope, Send
+from edge.types import ASGIApp, Receive, Scope, Send
 from infra.backends import backends_for_requests
 from infra.deadline import Deadline
 from infra.interfaces import Backends
@@ -67,9 +73,13 @@ class Edge:
         # On the streaming front door, event streams end before their invocation does.
         routes = EdgeRoutes(Landing(StreamDeadline(proxy), self.lifecycle, settings),
                             self.backends.state, settings)
-        self.app = NoFraming(SameOrigin(
+        app: ASGIApp = SameOrigin(
             Login(Authentication(routes, authenticator, settings), authenticator, settings),
-            settings))
+            settings)
+        if settings.origin_secret:
+            app = CloudFrontOrigin(TerminalTickets(app, settings.origin_secret),
+                                   settings.origin_secret)
+        self.app = NoFraming(app)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":

@@ -17,8 +17,9 @@ edge's own origin is ``OCEDGE_PUBLIC_URL`` and the address the request was sent 
 (scheme and Host), once the Host is known to be the edge's: served directly (uvicorn,
 ``ocedge dev``) only 127.0.0.1, localhost, ::1 and the configured names are (DNS
 rebinding: a page on another name that resolves here gets 421). Behind a Lambda
-front door (Mangum's event, Lambda Web Adapter) the Function URL or API Gateway has
-routed by host name already; OCEDGE_ALLOWED_HOSTS there makes the edge check too.
+front door (Mangum's event, Lambda Web Adapter) or CloudFront the Function URL, API
+Gateway or distribution has routed by host name already; OCEDGE_ALLOWED_HOSTS there
+makes the edge check too.
 """
 
 from __future__ import annotations
@@ -78,8 +79,10 @@ class SameOrigin:
         self.always_check_hosts = bool(settings.extra_hosts)
 
     def _checks_hosts(self, scope: Scope) -> bool:
-        behind_lambda = isinstance(scope.get("aws.event"), dict) or self.settings.web_adapter
-        return self.always_check_hosts or not behind_lambda
+        # Lambda front doors and CloudFront (OCEDGE_ORIGIN_SECRET) route by host name.
+        routed = isinstance(scope.get("aws.event"), dict) or self.settings.web_adapter \
+            or bool(self.settings.origin_secret)
+        return self.always_check_hosts or not routed
 
     def _known_host(self, name: str) -> bool:
         return name in self.exact or any(
@@ -92,18 +95,18 @@ class SameOrigin:
         host = request_host(scope)
         if host is None:
             # HTTP/1.1 requires exactly one Host (RFC 9112, section 3.2).
-            await self._refuse(scope, receive, send, 400, "bad_host",
+            await pages.refuse(scope, receive, send, 400, "bad_host",
                                "The request needs one Host header naming one host.")
             return
         if self._checks_hosts(scope) and not self._known_host(host[0]):
-            await self._refuse(scope, receive, send, 421, "unknown_host",
+            await pages.refuse(scope, receive, send, 421, "unknown_host",
                                "This edge does not answer to that host name. Open it at "
                                "the address it printed (or add the name to "
                                "OCEDGE_ALLOWED_HOSTS).")
             return
         problem = self.cross_origin(scope, host)
         if problem:
-            await self._refuse(scope, receive, send, 403, "cross_origin", problem)
+            await pages.refuse(scope, receive, send, 403, "cross_origin", problem)
             return
         await self.app(scope, receive, send)
 
@@ -152,11 +155,3 @@ class SameOrigin:
         return ("Another site or port may link to the edge, but not load its content into "
                 "its own page.")
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send, status: int,
-                      code: str, message: str) -> None:
-        if scope["type"] == "websocket":
-            # Before accept, a close is an HTTP 403 to the client.
-            await send({"type": "websocket.close", "code": 1008})
-            return
-        await pages.error(scope, status, code, message,
-                          headers={"Cache-Control": "no-store"})(scope, receive, send)

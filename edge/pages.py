@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from edge.request import wants_html
-from edge.types import Scope
+from edge.types import Receive, Scope, Send
 from infra.interfaces import ContainerState, Status
 from infra.progress import CURRENT, FAILED, StepReport, report
 
@@ -291,3 +291,14 @@ def error(scope: Scope, status: int, code: str, message: str,
                     headers=headers)
     return JSONResponse({"error": code, "message": message}, status_code=status,
                         headers=headers)
+
+
+async def refuse(scope: Scope, receive: Receive, send: Send, status: int, code: str,
+                 message: str) -> None:
+    """Refuse a request (``error``, never cached) or a WebSocket before it is accepted
+    (a close before accept is an HTTP 403 to the client)."""
+    if scope["type"] == "websocket":
+        await send({"type": "websocket.close", "code": 1008})
+        return
+    await error(scope, status, code, message,
+                headers={"Cache-Control": "no-store"})(scope, receive, send)

@@ -132,6 +132,14 @@ class Settings:
     container_secrets_parameter: str | None = None
     # The streaming front door's URL, named in the buffered front door's 501s.
     stream_url: str | None = None
+    # CloudFront's secret origin header (infra/cloudfront.py), which it adds to what it
+    # sends the edge and the terminal listener. Set: the edge refuses a request without
+    # it and takes the viewer's host and address from CloudFront's headers.
+    origin_secret: str | None = field(default=None, repr=False)
+    # The container's terminal listener (container/terminal.py) for CloudFront's
+    # /pty/*/connect behaviour; port 0: none (local mode's edge carries the terminal).
+    terminal_host: str = "127.0.0.1"
+    terminal_port: int = 0
 
     # The container's TLS gate: the only listener on a public interface. It serves
     # a per-boot self-signed certificate (which the edge pins) and checks the
@@ -266,9 +274,15 @@ class Settings:
         for host in self.extra_hosts:
             if not _HOST_NAME.match(host):
                 raise SettingsError(f"OCEDGE_ALLOWED_HOSTS: {host!r} is not a host name")
-        for name in ("port", "gate_port"):
-            if not 0 < getattr(self, name) < 65536:
+        for name in ("port", "gate_port", "terminal_port"):
+            if not 0 < getattr(self, name) < 65536 and (name, getattr(self, name)) != (
+                    "terminal_port", 0):
                 raise SettingsError(f"OCEDGE_{name.upper()} must be a TCP port number")
+        if self.origin_secret is not None and not _SECRET.match(self.origin_secret):
+            raise SettingsError("OCEDGE_ORIGIN_SECRET must be 32 to 128 letters, digits, - or _")
+        if self.terminal_port and not self.origin_secret:
+            raise SettingsError("OCEDGE_TERMINAL_PORT needs OCEDGE_ORIGIN_SECRET: the terminal "
+                                "listener admits only CloudFront's requests")
         if self.agent_user is not None and not _AGENT_USER.match(self.agent_user):
             raise SettingsError("OCEDGE_AGENT_USER must be a user name or uid[:gid], not root")
         if self.notify_format not in ("json", "ntfy", "slack"):
@@ -281,6 +295,7 @@ class Settings:
             raise SettingsError("OCEDGE_ADMIN_USER must be non-empty and contain no ':'")
 
 
+_SECRET = re.compile(r"^[A-Za-z0-9_-]{32,128}$")
 # A user name or uid[:gid]; never root (0 or "root").
 _AGENT_USER = re.compile(r"^(?!root$)[a-z_][a-z0-9_-]{0,31}$|^(?!0(:|$))[0-9]+(:[0-9]+)?$")
 _HOST_NAME = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$"

@@ -43,10 +43,13 @@ AWS_REGION=@AWS::Region@
 LOG_GROUP=@ContainerLogGroup@
 SETTINGS
 
-# The container's settings (infra/settings.py). Nothing here is secret: the container's
-# secret (the sealing key) lives in its SSM parameter, provider keys sealed in the keys
-# table. The edge's secrets are in another parameter, which the instance role cannot read.
-cat > "$root/etc/ocedge/container.env" <<'SETTINGS'
+# The container's settings (infra/settings.py). One is a secret: CloudFront's origin
+# header, which the terminal listener requires (so the file is root's alone). The
+# container's own secret (the sealing key) lives in its SSM parameter, provider keys
+# sealed in the keys table; the edge's secrets are in another parameter, which the
+# instance role cannot read.
+rm -f "$root/etc/ocedge/container.env"
+(umask 077; cat > "$root/etc/ocedge/container.env") <<'SETTINGS'
 OCEDGE_BACKEND=aws
 OCEDGE_WORKSPACE=s3
 OCEDGE_S3_BUCKET=@Bucket@
@@ -57,8 +60,11 @@ OCEDGE_CONTAINER_SECRETS_PARAMETER=@ContainerSecretsParameter@
 OCEDGE_IDLE_TIMEOUT=@IdleTimeout@
 OCEDGE_GATE=true
 OCEDGE_GATE_PORT=@GatePort@
+OCEDGE_ORIGIN_SECRET=@OriginSecret.Value@
+OCEDGE_TERMINAL_HOST=0.0.0.0
+OCEDGE_TERMINAL_PORT=@TerminalPort@
 OCEDGE_NOTIFY_TOPIC=@NotifyTopic@
-OCEDGE_PUBLIC_URL=@PublicUrl@
+OCEDGE_PUBLIC_URL=@ContainerPublicUrl@
 AWS_REGION=@AWS::Region@
 AWS_DEFAULT_REGION=@AWS::Region@
 SETTINGS

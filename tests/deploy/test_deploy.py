@@ -29,8 +29,11 @@ from tests.support.deploy import (
     DOCKERFILE,
     ROOT,
     TEMPLATE,
+    CustomResource,
+    LambdaContext,
     as_list,
     cfn,
+    refused,
     resources,
     run,
     sam_template,
@@ -45,7 +48,7 @@ __all__ = ["cfn", "sam_template"]  # fixtures
 CLI_OUTPUTS = {"WebUrl", "ApiUrl", "BucketName", "KeysTable", "StateTable", "InstanceId",
                "SecretsParameter", "ContainerSecretsParameter", "Region", "EcrRepository"}
 # Actions that IAM cannot scope to a resource: the only ones allowed on "*".
-UNSCOPABLE = {"ec2:DescribeInstances", "ecr:GetAuthorizationToken",
+UNSCOPABLE = {"ec2:DescribeInstances", "ec2:DescribeSecurityGroups", "ecr:GetAuthorizationToken",
               "ssm:UpdateInstanceInformation", "ssmmessages:CreateControlChannel",
               "ssmmessages:CreateDataChannel", "ssmmessages:OpenControlChannel",
               "ssmmessages:OpenDataChannel"}
@@ -157,10 +160,13 @@ def test_web_adapter_layer_default_is_the_documented_version(cfn: dict[str, Any]
         DOCUMENTED_WEB_ADAPTER_LAYER_VERSION
 
 
+# CloudFormation's helpers (custom resources), not the edge: no settings.
+HELPERS = {"HostImageFunction", "OriginSecretFunction", "TerminalOriginGroupFunction"}
+
+
 def test_front_doors(cfn: dict[str, Any], sam_template: dict[str, Any]) -> None:
     functions = resources(cfn, "AWS::Lambda::Function")
-    assert set(functions) == {"EdgeStreamFunction", "EdgeApiFunction", "ReaperFunction",
-                              "HostImageFunction"}
+    assert set(functions) == {"EdgeStreamFunction", "EdgeApiFunction", "ReaperFunction"} | HELPERS
     stream = functions["EdgeStreamFunction"]["Properties"]
     assert stream["Handler"] == "edge/lambda_stream.sh"
     assert stream["Timeout"] == 900
@@ -176,8 +182,9 @@ def test_front_doors(cfn: dict[str, Any], sam_template: dict[str, Any]) -> None:
     assert url["Properties"]["AuthType"] == "NONE"  # the edge authenticates
     api = functions["EdgeApiFunction"]["Properties"]
     assert api["Handler"] == "edge.lambda_api.handler"
-    assert api["Environment"]["Variables"]["OCEDGE_STREAM_URL"] == {
-        "Fn::GetAtt": ["EdgeStreamFunctionUrl", "FunctionUrl"]}
+    # Its 501s name the web address: the distribution, as the WebUrl output says.
+    assert api["Environment"]["Variables"]["OCEDGE_STREAM_URL"] == \
+        cfn["Outputs"]["WebUrl"]["Value"]
     assert resources(cfn, "AWS::ApiGatewayV2::Api")
     assert functions["ReaperFunction"]["Properties"]["Handler"] == "infra.aws.reaper_lambda.handler"
     rule, = resources(cfn, "AWS::Events::Rule").values()
@@ -198,9 +205,10 @@ def test_every_handler_exists() -> None:
 
 def test_function_settings_are_valid_settings(cfn: dict[str, Any]) -> None:
     for name, function in resources(cfn, "AWS::Lambda::Function").items():
-        if name == "HostImageFunction":
-            continue  # CloudFormation's helper, not the edge: no settings
-        env = {key: sample(value)
+        if name in HELPERS:
+            assert "Environment" not in function["Properties"], name
+            continue
+        env = {key: sample(value, cfn)
                for key, value in function["Properties"]["Environment"]["Variables"].items()}
         settings = Settings.from_env(env)  # an unknown OCEDGE_ name would raise
         assert settings.backend == "aws", name
@@ -210,16 +218,22 @@ def test_function_settings_are_valid_settings(cfn: dict[str, Any]) -> None:
         assert settings.container_secrets_parameter is None
         assert settings.cookie_secure == "true" and settings.trust_forwarded
     api = cfn["Resources"]["EdgeApiFunction"]["Properties"]["Environment"]["Variables"]
-    assert "OCEDGE_STREAM_URL" in api
+    assert sample(api["OCEDGE_STREAM_URL"], cfn) == "https://d111111abcdef8.cloudfront.net/"
 
 
-def test_the_host_admits_only_the_gate(cfn: dict[str, Any], sam_template: dict[str, Any]) -> None:
+def test_the_host_admits_only_the_gate_from_anywhere(
+        cfn: dict[str, Any], sam_template: dict[str, Any]) -> None:
     group, = resources(cfn, "AWS::EC2::SecurityGroup").values()
     rule, = group["Properties"]["SecurityGroupIngress"]
     port = sam_template["Mappings"]["Gate"]["Container"]["Port"]
     assert (rule["IpProtocol"], rule["CidrIp"]) == ("tcp", "0.0.0.0/0")
     assert rule["FromPort"] == rule["ToPort"] == {"Fn::FindInMap": ["Gate", "Container", "Port"]}
     assert port == Settings().gate_port
+    # The only other way in is the terminal listener's port, from CloudFront only
+    # (tests/deploy/test_cloudfront.py).
+    assert [r["Properties"]["FromPort"] for r in
+            resources(cfn, "AWS::EC2::SecurityGroupIngress").values()] == [
+        {"Fn::FindInMap": ["Terminal", "Container", "Port"]}]
     for forbidden in ("AWS::EC2::NatGateway", "AWS::EC2::EIP"):
         assert not resources(cfn, forbidden), forbidden
 
@@ -251,26 +265,6 @@ def test_the_host_is_graviton_on_a_pinned_ami_and_stops_on_power_off(
 
 # ---------------------------------------------------------------- the host's AMI, kept
 
-def host_image_code(sam_template: dict[str, Any]) -> str:
-    code: str = sam_template["Resources"]["HostImageFunction"]["Properties"]["Code"]["ZipFile"]
-    return code
-
-
-class Responses:
-    """A stand-in for CloudFormation's cfnresponse module (only ZipFile code gets the real
-    one): records what the function answered."""
-
-    SUCCESS, FAILED = "SUCCESS", "FAILED"
-
-    def __init__(self) -> None:
-        self.sent: list[dict[str, Any]] = []
-
-    def send(self, event: Any, context: Any, status: str, data: dict[str, Any],
-             physical_id: str | None = None, reason: str | None = None) -> None:
-        self.sent.append({"status": status, "data": data, "physical_id": physical_id,
-                          "reason": reason})
-
-
 def test_the_host_image_is_looked_up_once_and_kept_across_deploys(
         sam_template: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     import boto3
@@ -279,32 +273,23 @@ def test_the_host_image_is_looked_up_once_and_kept_across_deploys(
     for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                         "AWS_DEFAULT_REGION": "us-east-1"}.items():
         monkeypatch.setenv(name, value)
-    responses = Responses()
-    monkeypatch.setitem(sys.modules, "cfnresponse", responses)
     arm = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-arm64"
     x86 = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
     with mock_aws():
         ssm = boto3.client("ssm")
-        namespace: dict[str, Any] = {}
-        exec(compile(host_image_code(sam_template), "HostImageFunction", "exec"), namespace)  # noqa: S102
-        handler = namespace["handler"]
-
-        def request(kind: str, props: dict[str, str], old: dict[str, str] | None = None,
-                    physical: str | None = None) -> dict[str, Any]:
-            event: dict[str, Any] = {"RequestType": kind, "ResourceProperties": props}
-            if old is not None:
-                event["OldResourceProperties"] = old
-            if physical is not None:
-                event["PhysicalResourceId"] = physical
-            handler(event, None)
-            return responses.sent[-1]
+        resource = CustomResource(sam_template, "HostImageFunction", monkeypatch)
+        request = resource.request
 
         # moto holds AWS's public Amazon Linux parameters, as a region does.
         newest = {name: ssm.get_parameter(Name=name)["Parameter"]["Value"] for name in (arm, x86)}
         assert newest[arm].startswith("ami-") and newest[arm] != newest[x86]
         created = request("Create", {"Parameter": arm, "ImageId": ""})
         assert created == {"status": "SUCCESS", "data": {"ImageId": newest[arm]},
-                           "physical_id": newest[arm], "reason": None}
+                           "physical_id": newest[arm], "no_echo": False,
+                           "reason": "See the details in CloudWatch Log Stream: "
+                                     + LambdaContext.log_stream_name}
+        # AWS's cfnresponse prints the answer it sends (an AMI id: nothing secret here).
+        assert f'"ImageId": "{newest[arm]}"' in resource.printed
         # Since the stack was created AWS published a newer AMI than the one chosen then:
         # a routine deploy keeps the instance's.
         chosen = "ami-0aaaaaaaaaaaaaaaa"
@@ -326,39 +311,6 @@ def test_the_host_image_is_looked_up_once_and_kept_across_deploys(
 
 
 # ---------------------------------------------------------------- the template's rules
-
-def evaluate(node: Any, params: dict[str, str]) -> Any:
-    """CloudFormation's rule functions, as far as template.yaml's Rules use them."""
-    if isinstance(node, list):
-        return [evaluate(item, params) for item in node]
-    if not isinstance(node, dict):
-        return node
-    (fn, arg), = node.items()
-    if fn == "Ref":
-        return params[arg]
-    if fn == "Fn::Equals":
-        left, right = evaluate(arg, params)
-        return left == right
-    if fn == "Fn::Not":
-        return not evaluate(arg[0], params)
-    if fn == "Fn::Contains":
-        options, value = evaluate(arg, params)
-        return value in options
-    raise AssertionError(f"a rule function this test does not know: {fn}")
-
-
-def refused(sam_template: dict[str, Any], **params: str) -> list[str]:
-    """The assertion descriptions CloudFormation would stop the deploy with."""
-    values = {name: str(p.get("Default", "")) for name, p in sam_template["Parameters"].items()}
-    values.update(params)
-    found = []
-    for rule in sam_template["Rules"].values():
-        if "RuleCondition" in rule and not evaluate(rule["RuleCondition"], values):
-            continue
-        found += [a["AssertDescription"] for a in rule["Assertions"]
-                  if not evaluate(a["Assert"], values)]
-    return found
-
 
 def test_rules_refuse_an_instance_type_of_the_other_architecture(
         sam_template: dict[str, Any]) -> None:

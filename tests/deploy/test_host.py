@@ -211,6 +211,17 @@ def test_after_exit_powers_off_only_when_the_container_is_asleep(
     assert log.read_text().splitlines() == (["systemctl poweroff --no-block"] if powers_off else [])
 
 
+def test_the_containers_settings_are_roots_alone(host_root: tuple[Path, list[str]],
+                                                tmp_path: Path, user_data: str) -> None:
+    # They hold CloudFront's secret origin header; a later boot rewrites them as 0600 too.
+    settings = host_root[0] / "etc/ocedge/container.env"
+    assert settings.stat().st_mode & 0o777 == 0o600
+    settings.chmod(0o644)  # as an older version of the user data left it
+    root, _ = boot(tmp_path, user_data, docker=True)
+    assert root == host_root[0]
+    assert settings.stat().st_mode & 0o777 == 0o600
+
+
 def test_later_boots_skip_the_install(tmp_path: Path, user_data: str) -> None:
     _, calls = boot(tmp_path, user_data, docker=True)
     assert not [c for c in calls if c.startswith("dnf")]
@@ -229,6 +240,11 @@ def test_the_container_gets_valid_settings(host_root: tuple[Path, list[str]],
     assert settings.secrets_parameter is None
     assert settings.gate is True
     assert settings.gate_port == sam_template["Mappings"]["Gate"]["Container"]["Port"]
+    # The terminal listener for CloudFront's VPC origin, on the instance's interfaces
+    # (the security group admits its port from CloudFront only), and the secret it checks.
+    assert settings.terminal_host == "0.0.0.0"
+    assert settings.terminal_port == sam_template["Mappings"]["Terminal"]["Container"]["Port"]
+    assert settings.origin_secret == render.SAMPLE_VALUES["OriginSecret.Value"]
     assert env["AWS_REGION"] == SAMPLE_REGION
     # Which instance this is, from the instance metadata service: the container claims
     # only a start asked of it.

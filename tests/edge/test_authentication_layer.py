@@ -5,7 +5,6 @@ path; an identity in the scope). It never sets a cookie: only the login page doe
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import time
@@ -18,10 +17,11 @@ from edge.auth import Authenticator
 from edge.authentication import IDENTITY, Authentication
 from edge.session import Session, SessionSigner
 from edge.throttle import FailureThrottle
-from edge.types import Message, Receive, Scope, Send
+from edge.types import Message, Scope
 from infra.credentials import mint_api_key
 from infra.interfaces import AdminUser
 from infra.settings import Settings
+from tests.support.asgi import Recorder, call_layer
 from tests.support.memory import MemoryKeyStore
 
 pytestmark = pytest.mark.unit
@@ -36,24 +36,8 @@ BACKGROUND = [(b"sec-fetch-mode", b"cors"), (b"sec-fetch-site", b"same-origin"),
 CURL = [(b"user-agent", b"curl/8.5.0")]
 
 
-class Inner:
-    """The layer inside: answers 200 and remembers the scopes it was called with."""
-
-    def __init__(self) -> None:
-        self.scopes: list[Scope] = []
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self.scopes.append(scope)
-        if scope["type"] == "websocket":
-            await send({"type": "websocket.accept"})
-            return
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"text/plain")]})
-        await send({"type": "http.response.body", "body": b"ok"})
-
-
 class Gate:
-    """An authentication layer around :class:`Inner`, with one admin and one API key."""
+    """An authentication layer around a recording app, with one admin and one API key."""
 
     def __init__(self, admin: bool = True, max_failures: int = 5, **settings: Any) -> None:
         self.keys = MemoryKeyStore()
@@ -63,7 +47,7 @@ class Gate:
         new = mint_api_key("test", PEPPER)
         self.keys.keys[new.record.id] = new.record
         self.key = new.key
-        self.inner = Inner()
+        self.inner = Recorder()
         self.layer = Authentication(
             self.inner,
             Authenticator(self.keys, PEPPER, SessionSigner(SESSION_SECRET),
@@ -75,17 +59,7 @@ class Gate:
         scope: Scope = {"type": kind, "path": path, "headers": headers or [],
                         "client": ("192.0.2.1", 50000), "scheme": "ws" if kind != "http"
                         else "http", "method": "GET", "query_string": query}
-        sent: list[Message] = []
-
-        async def receive() -> Message:
-            return {"type": "websocket.connect"} if kind == "websocket" else \
-                {"type": "http.request", "body": b"", "more_body": False}
-
-        async def send(message: Message) -> None:
-            sent.append(message)
-
-        asyncio.run(self.layer(scope, receive, send))
-        return sent
+        return call_layer(self.layer, scope)
 
     def bearer(self, key: str | None = None) -> list[tuple[bytes, bytes]]:
         return [(b"authorization", f"Bearer {key or self.key}".encode())]

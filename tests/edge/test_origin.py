@@ -5,7 +5,6 @@ and every answer forbids framing while keeping the upstream's own CSP."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
@@ -13,38 +12,24 @@ import pytest
 
 from edge.framing import NoFraming, merge_policy
 from edge.origin import SameOrigin, parse_origin
-from edge.types import Message, Receive, Scope, Send
+from edge.types import Message, Scope
 from infra.settings import Settings
+from tests.support.asgi import Recorder, call_layer
 
 pytestmark = pytest.mark.unit
 
 EDGE = "http://127.0.0.1:8787"
 
 
-class Inner:
-    """The layer inside: answers 200 (with a CSP of its own, like opencode's)."""
-
-    def __init__(self, csp: bytes | None = b"default-src 'self'; frame-ancestors *") -> None:
-        self.calls = 0
-        self.csp = csp
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self.calls += 1
-        if scope["type"] == "websocket":
-            await send({"type": "websocket.accept"})
-            return
-        headers = [(b"content-type", b"text/plain"), (b"x-frame-options", b"SAMEORIGIN")]
-        if self.csp is not None:
-            headers.append((b"content-security-policy", self.csp))
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": b"ok"})
+# opencode's own kind of policy, which the anti-framing must keep.
+OPENCODE_CSP = b"default-src 'self'; frame-ancestors *"
 
 
 def call(headers: dict[str, str] | list[tuple[str, str]], method: str = "GET",
          kind: str = "http", host: str | None = "127.0.0.1:8787", scheme: str = "http",
-         inner: Inner | None = None, event: dict[str, Any] | None = None,
-         **settings: Any) -> tuple[list[Message], Inner]:
-    inner = inner or Inner()
+         inner: Recorder | None = None, event: dict[str, Any] | None = None,
+         **settings: Any) -> tuple[list[Message], Recorder]:
+    inner = inner or Recorder(OPENCODE_CSP)
     app = NoFraming(SameOrigin(inner, Settings().with_overrides(**settings)))
     pairs = list(headers.items()) if isinstance(headers, dict) else headers
     raw = [(k.lower().encode(), v.encode("latin-1")) for k, v in pairs]
@@ -54,16 +39,7 @@ def call(headers: dict[str, str] | list[tuple[str, str]], method: str = "GET",
                     "scheme": scheme, "client": ("127.0.0.1", 5000), "query_string": b""}
     if event is not None:
         scope["aws.event"] = event  # as Mangum passes it
-    sent: list[Message] = []
-
-    async def receive() -> Message:
-        return {"type": "websocket.connect"} if kind == "websocket" else \
-            {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
-    asyncio.run(app(scope, receive, send))
+    sent = call_layer(app, scope)
     return sent, inner
 
 
@@ -232,7 +208,7 @@ def test_every_answer_forbids_framing_and_keeps_the_upstream_policy() -> None:
     found = headers_of(sent)
     assert found[b"x-frame-options"] == [b"DENY"]
     assert found[b"content-security-policy"] == [b"default-src 'self'; frame-ancestors 'none'"]
-    sent, _ = call({}, inner=Inner(csp=None))
+    sent, _ = call({}, inner=Recorder())
     assert headers_of(sent)[b"content-security-policy"] == [b"frame-ancestors 'none'"]
     # Refusals too.
     sent, _ = call({"Origin": "https://evil.example"}, method="POST")

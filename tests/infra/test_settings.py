@@ -100,11 +100,13 @@ def test_opencode_does_not_inherit_aws_credentials(tmp_path: Path) -> None:
 
 
 def test_secrets_are_not_in_the_repr() -> None:
+    origin = "origin-secret-origin-secret-origin-secret"
     settings = Settings.from_env({"OCEDGE_ADMIN_PASSWORD": "hunter2-but-longer",
                                   "OCEDGE_PEPPER": "pepper-pepper-pepper",
-                                  "OCEDGE_SESSION_SECRET": "session-secret-value"})
+                                  "OCEDGE_SESSION_SECRET": "session-secret-value",
+                                  "OCEDGE_ORIGIN_SECRET": origin})
     text = repr(settings)
-    for secret in ("hunter2-but-longer", "pepper-pepper-pepper", "session-secret-value"):
+    for secret in ("hunter2-but-longer", "pepper-pepper-pepper", "session-secret-value", origin):
         assert secret not in text
 
 
@@ -156,6 +158,12 @@ def test_non_finite_numbers_are_rejected_by_name(name: str, raw: str) -> None:
     ("OCEDGE_BACKEND", "gcp"),
     ("OCEDGE_COOKIE_SECURE", "sometimes"),
     ("OCEDGE_ADMIN_USER", "ad:min"),
+    ("OCEDGE_TERMINAL_PORT", "-1"),
+    ("OCEDGE_TERMINAL_PORT", "65536"),
+    ("OCEDGE_ORIGIN_SECRET", "short"),
+    ("OCEDGE_ORIGIN_SECRET", "a" * 31 + "\n"),
+    ("OCEDGE_ORIGIN_SECRET", "has spaces in it and is long enough to pass"),
+    ("OCEDGE_ORIGIN_SECRET", "x" * 129),
 ])
 def test_out_of_range_value_is_rejected_by_name(name: str, raw: str) -> None:
     with pytest.raises(SettingsError) as error:
@@ -182,3 +190,11 @@ def test_overrides_are_validated_like_the_environment() -> None:
         Settings(s3_bucket="my-bucket")
     both = base.with_overrides(workspace="s3", s3_bucket="my-bucket")
     assert (both.workspace, both.s3_bucket) == ("s3", "my-bucket")
+
+
+def test_a_terminal_listener_needs_the_origin_secret() -> None:
+    # A listener nothing could authenticate to is never started.
+    with pytest.raises(SettingsError) as error:
+        Settings.from_env({"OCEDGE_TERMINAL_PORT": "8081"})
+    assert "OCEDGE_TERMINAL_PORT" in str(error.value) and "OCEDGE_ORIGIN_SECRET" in str(error.value)
+    Settings.from_env({"OCEDGE_TERMINAL_PORT": "8081", "OCEDGE_ORIGIN_SECRET": "o" * 43})

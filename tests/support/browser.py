@@ -85,9 +85,11 @@ class BrowserPages:
         self.log: list[str] = []
         self._started = time.monotonic()
 
-    def new_context(self, base_url: str) -> BrowserContext:
-        """A fresh context (no cookies, no storage) whose relative URLs go to ``base_url``."""
-        context = self.browser.new_context(base_url=base_url, viewport=VIEWPORT)
+    def new_context(self, base_url: str, self_signed: bool = False) -> BrowserContext:
+        """A fresh context (no cookies, no storage) whose relative URLs go to ``base_url``
+        (``self_signed``: which serves a self-signed certificate, to be accepted)."""
+        context = self.browser.new_context(base_url=base_url, viewport=VIEWPORT,
+                                           ignore_https_errors=self_signed)
         context.on("response", self._logged)
         context.on("requestfailed", lambda r: self._note(f"{r.method} {r.url} FAILED {r.failure}"))
         self.contexts.append(context)
@@ -99,10 +101,10 @@ class BrowserPages:
     def _logged(self, response: Response) -> None:
         self._note(f"{response.request.method} {response.url} {response.status}")
 
-    def new_page(self, base_url: str, login: bool = True) -> Page:
+    def new_page(self, base_url: str, login: bool = True, self_signed: bool = False) -> Page:
         """A page in a fresh context; with ``login`` logged in as the admin on the login
         page (landing on the health check, which never wakes the container)."""
-        page = self.new_context(base_url).new_page()
+        page = self.new_context(base_url, self_signed).new_page()
         if login:
             log_in(page)
         return page
