@@ -200,7 +200,7 @@ async def run(settings: Settings) -> int:
                           Deadline(backends.state, settings.idle_timeout, owner), notices=notices)
     if terminal is not None:
         # Typing in the terminal is activity; on AWS it reaches the container directly.
-        terminal.on_activity = lambda: keepalive.activity("terminal")
+        terminal.on_activity = keepalive.activity
     check_every = min(5.0, max(0.2, settings.idle_timeout / 20))
     follow = asyncio.ensure_future(keepalive.follow())
     exited = asyncio.ensure_future(server.wait())

@@ -61,7 +61,6 @@ class KeepAlive:
         self.connects = 0
         self._known_deadline: float | None = None
         self._busy_written: bool | None = None
-        self._renewals: set[asyncio.Future[None]] = set()
 
     # -- activity ----------------------------------------------------------------
 
@@ -69,20 +68,11 @@ class KeepAlive:
         if await self.deadline.renew(self.generation, self._known_deadline, self.clock()):
             log.debug("deadline renewed (%s)", why)
 
-    def activity(self, why: str) -> None:
+    def activity(self) -> None:
         """Activity that reaches opencode without passing the edge (on AWS the
         terminal's keystrokes, which CloudFront sends straight to the container): renew
         in the background, at most once per 5% of the idle timeout."""
-        if self.deadline.due(self.generation, self._known_deadline, self.clock()) is None:
-            return
-        task = asyncio.ensure_future(self.renew(why))
-        self._renewals.add(task)
-        task.add_done_callback(self._renewed)
-
-    def _renewed(self, task: asyncio.Future[None]) -> None:
-        self._renewals.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.warning("could not renew the idle deadline: %s", task.exception())
+        self.deadline.renew_soon(self.generation, self._known_deadline, self.clock())
 
     def _set_busy(self, session_id: str, status: str) -> None:
         if status in _BUSY_STATES:

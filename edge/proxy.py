@@ -44,7 +44,6 @@ class Proxy:
         self.deadline = deadline
         self._cached: tuple[float, ContainerState] | None = None
         self._refresh: asyncio.Future[ContainerState] | None = None
-        self._renewals: set[asyncio.Task[bool]] = set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -134,16 +133,7 @@ class Proxy:
 
     def renew(self, current: ContainerState) -> None:
         """Activity: bump the idle deadline (in the background, at most once per 5%)."""
-        if self.deadline.due(current.generation, current.deadline, time.time()) is None:
-            return
-        task = asyncio.ensure_future(self.deadline.renew(current.generation, current.deadline))
-        self._renewals.add(task)
-        task.add_done_callback(self._renewed)
-
-    def _renewed(self, task: asyncio.Task[bool]) -> None:
-        self._renewals.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.warning("could not renew the idle deadline: %s", task.exception())
+        self.deadline.renew_soon(current.generation, current.deadline)
 
     async def _not_ready(self, scope: Scope, receive: Receive, send: Send,
                          current: ContainerState) -> None:

@@ -8,9 +8,13 @@ bounded number of small writes, not one per request or event.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 
 from infra.interfaces import StateStore
+
+log = logging.getLogger("ocedge.deadline")
 
 
 class Deadline:
@@ -23,6 +27,7 @@ class Deadline:
         self.idle_timeout = idle_timeout
         self.writer = writer
         self._written: tuple[int, float] = (-1, 0.0)
+        self._renewals: set[asyncio.Task[bool]] = set()
 
     def due(self, generation: int, known: float | None, now: float) -> float | None:
         """The deadline to write now, or None if the 5% rule says not yet."""
@@ -46,3 +51,19 @@ class Deadline:
         # later deadline, or the container is no longer running): no retry storm.
         self._written = (generation, target)
         return await self.store.extend_deadline(generation, target, now, self.writer)
+
+    def renew_soon(self, generation: int, known: float | None, now: float | None = None) -> None:
+        """``renew`` in the background, for activity seen on a request path (a request
+        the edge forwards, a keystroke in a terminal): nothing is started unless it is
+        due, and a failed write is logged, never raised."""
+        now = time.time() if now is None else now
+        if self.due(generation, known, now) is None:
+            return
+        task = asyncio.ensure_future(self.renew(generation, known, now))
+        self._renewals.add(task)
+        task.add_done_callback(self._renewed)
+
+    def _renewed(self, task: asyncio.Task[bool]) -> None:
+        self._renewals.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("could not renew the idle deadline: %s", task.exception())

@@ -395,7 +395,7 @@ def test_terminal_activity_renews_the_idle_deadline_at_most_once_per_5_percent()
         seen = []
         for later in (0.0, 1.0, 10.0):  # 1 s later: under 5% of 100 s; 10 s: over
             now[0] = base + later
-            keepalive.activity("terminal")
+            keepalive.activity()
             await asyncio.sleep(0.05)
             seen.append(store.item.deadline)
         return seen

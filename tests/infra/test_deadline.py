@@ -79,3 +79,27 @@ def test_a_new_generation_starts_from_its_own_deadline() -> None:
     assert asyncio.run(deadline.renew(4, 700.0, now=500.0)) is True
     assert store.item.deadline == 1100.0
     assert store.writes[-1].writer == "container"
+
+
+def test_renewing_soon_writes_in_the_background_only_when_due_and_logs_a_failure(
+        caplog: pytest.LogCaptureFixture) -> None:
+    store = _running()
+    deadline = Deadline(store, TIMEOUT, "edge")
+
+    class Down(MemoryStateStore):
+        async def extend_deadline(self, generation: int, deadline: float, now: float,
+                                  writer: str) -> bool:
+            raise ConnectionError("the table does not answer")
+
+    async def scenario() -> None:
+        deadline.renew_soon(3, 1000.0, now=429.0)  # not due: nothing starts
+        deadline.renew_soon(3, 1000.0, now=430.0)
+        assert not store.writes  # in the background, not in the caller's time
+        await asyncio.sleep(0.01)
+        assert [w.state.deadline for w in store.writes] == [1030.0]
+        failing = Deadline(Down(), TIMEOUT, "edge")
+        failing.renew_soon(3, 1000.0, now=430.0)  # raises nothing here...
+        await asyncio.sleep(0.01)
+
+    asyncio.run(scenario())
+    assert "could not renew the idle deadline" in caplog.text  # ...and is logged
