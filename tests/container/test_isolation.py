@@ -33,9 +33,10 @@ from container.child import descendants
 from infra.backends import backends_for_tools
 from infra.net import free_port
 from infra.settings import Settings
-from tests.support.container import Container, alive, container
+from tests.support.container import Container, container
 from tests.support.edge import make_settings
 from tests.support.netns import NetworkNamespace, network_namespace
+from tests.support.procs import alive
 from tests.support.s3 import CREDENTIALS, MotoServer, moto_server
 
 pytestmark = pytest.mark.opencode

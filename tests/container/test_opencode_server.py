@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from container.opencode import OpencodeFailed, OpencodeServer
-from tests.support.container import alive
+from tests.support.procs import alive
 
 STAND_IN = """\
 import base64, http.server, json, os, signal, subprocess, sys

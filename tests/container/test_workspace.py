@@ -38,9 +38,9 @@ from infra.net import free_port
 from infra.settings import Settings, SettingsError
 from tests.support import cli
 from tests.support.container import Container, container
-from tests.support.container import alive as _alive
 from tests.support.edge import ADMIN_PASSWORD, make_settings
 from tests.support.fake_model import FakeModelServer, opencode_config, reply_for
+from tests.support.procs import alive as _alive
 from tests.support.s3 import CREDENTIALS, MotoServer, moto_server
 
 pytestmark = pytest.mark.opencode

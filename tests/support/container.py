@@ -19,15 +19,7 @@ from container.child import descendants
 from infra.backends import backends_for_tools
 from infra.interfaces import ContainerState, Status
 from infra.settings import Settings
-
-
-def alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie does not)."""
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
+from tests.support.procs import alive
 
 
 class Container:

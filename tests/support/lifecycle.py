@@ -19,6 +19,7 @@ from infra.interfaces import ContainerState
 from infra.local.db import database
 from tests.support import cli
 from tests.support.edge import ADMIN_PASSWORD, EdgeServer
+from tests.support.procs import alive
 
 # Headers a browser sends: a navigation, and a background fetch/XHR.
 NAVIGATE = {"Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document", "Sec-Fetch-Site": "none",
@@ -108,14 +109,6 @@ def container_pid(edge: EdgeServer) -> int | None:
     except (FileNotFoundError, ValueError):
         return None
     return pid if alive(pid) else None
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
 
 
 def children(pid: int) -> list[int]:
