@@ -274,9 +274,8 @@ class Settings:
         for host in self.extra_hosts:
             if not _HOST_NAME.match(host):
                 raise SettingsError(f"OCEDGE_ALLOWED_HOSTS: {host!r} is not a host name")
-        for name in ("port", "gate_port", "terminal_port"):
-            if not 0 < getattr(self, name) < 65536 and (name, getattr(self, name)) != (
-                    "terminal_port", 0):
+        for name, least in (("port", 1), ("gate_port", 1), ("terminal_port", 0)):  # 0: none
+            if not least <= getattr(self, name) < 65536:
                 raise SettingsError(f"OCEDGE_{name.upper()} must be a TCP port number")
         if self.origin_secret is not None and not _SECRET.match(self.origin_secret):
             raise SettingsError("OCEDGE_ORIGIN_SECRET must be 32 to 128 letters, digits, - or _")
