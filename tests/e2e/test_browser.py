@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import base64
 import re
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -20,7 +18,6 @@ from playwright.sync_api import Page, Response, expect
 
 from infra import totp
 from infra.admin import disable_totp, enable_totp
-from infra.settings import Settings
 from tests.support.browser import (
     BrowserPages,
     TerminalOutput,
@@ -32,9 +29,10 @@ from tests.support.browser import (
     send_prompt,
     serve_edge,
     session_cookies,
+    ui_settings,
     wait_until,
 )
-from tests.support.edge import ADMIN_PASSWORD, EdgeServer, make_settings
+from tests.support.edge import ADMIN_PASSWORD, EdgeServer
 from tests.support.fake_model import FakeModelServer, reply_for, title_for
 from tests.support.lifecycle import launches as launched
 
@@ -45,27 +43,12 @@ START_MS = 60_000
 IDLE_TIMEOUT = 10.0
 
 
-def _settings(state_dir: Path, fake_model: FakeModelServer, **overrides: Any) -> Settings:
-    """An edge's settings with opencode on the fake model. HOME is the state directory,
-    so the workspace is a folder in it, where the UI's folder picker first looks.
-
-    The workspace is already a git repository: for a plain folder the UI runs
-    `git init` at its own pace and opencode reloads the project; a prompt sent
-    meanwhile was seen "Interrupted" (opencode's doing, not the edge's)."""
-    workspace = state_dir / "workspace"
-    workspace.mkdir(parents=True)
-    subprocess.run(["git", "init", "--quiet", str(workspace)], check=True)
-    settings = make_settings(state_dir, model_url=fake_model.base_url,
-                             workspace_dir=workspace, **overrides)
-    return settings.with_overrides(system_env={**settings.system_env, "HOME": str(state_dir)})
-
-
 @pytest.fixture(scope="module")
 def ui_edge(tmp_path_factory: pytest.TempPathFactory, opencode_bin: str,
             fake_model: FakeModelServer) -> Iterator[EdgeServer]:
     """An edge in front of the real opencode (woken by the first navigation, which it
     holds until opencode runs), with the fake model."""
-    settings = _settings(tmp_path_factory.mktemp("ui") / "state", fake_model, wake_wait=60)
+    settings = ui_settings(tmp_path_factory.mktemp("ui") / "state", fake_model, wake_wait=60)
     with serve_edge(settings) as server:
         yield server
 
@@ -75,7 +58,7 @@ def sleepy_edge(tmp_path: Path, opencode_bin: str,
                 fake_model: FakeModelServer) -> Iterator[EdgeServer]:
     """An edge whose container sleeps after a short idle time; a request that wakes it
     is held until it runs."""
-    settings = _settings(tmp_path / "state", fake_model, idle_timeout=IDLE_TIMEOUT,
+    settings = ui_settings(tmp_path / "state", fake_model, idle_timeout=IDLE_TIMEOUT,
                          wake_wait=60)
     with serve_edge(settings) as server:
         yield server
@@ -402,7 +385,7 @@ def _elapsed_seconds(page: Page) -> int:
 def test_a_sleeping_workspace_shows_the_waking_page_then_the_ui(
         tmp_path: Path, opencode_bin: str, fake_model: FakeModelServer,
         pages: BrowserPages) -> None:
-    settings = _settings(tmp_path / "state", fake_model, wake_wait=0.5)
+    settings = ui_settings(tmp_path / "state", fake_model, wake_wait=0.5)
     with serve_edge(settings) as edge:
         assert container_state(edge).status == "stopped"
         page = pages.new_page(edge.url)
@@ -427,7 +410,7 @@ def test_a_sleeping_workspace_shows_the_waking_page_then_the_ui(
 def test_a_failed_start_shows_why_on_the_waking_page(
         tmp_path: Path, fake_model: FakeModelServer, pages: BrowserPages) -> None:
     missing = tmp_path / "nope"
-    settings = _settings(tmp_path / "state", fake_model, wake_wait=0.5,
+    settings = ui_settings(tmp_path / "state", fake_model, wake_wait=0.5,
                          opencode_bin=str(missing))
     with serve_edge(settings) as edge:
         page = pages.new_page(edge.url)

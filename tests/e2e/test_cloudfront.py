@@ -8,7 +8,6 @@ around it."""
 from __future__ import annotations
 
 import re
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,10 +26,11 @@ from tests.support.browser import (
     send_prompt,
     serve_edge,
     session_cookies,
+    ui_settings,
     wait_until,
 )
 from tests.support.cloudfront import CloudFrontStandIn, running_cloudfront
-from tests.support.edge import EdgeServer, make_settings
+from tests.support.edge import EdgeServer
 from tests.support.fake_model import FakeModelServer, reply_for
 
 pytestmark = pytest.mark.browser
@@ -43,13 +43,8 @@ def deployment(tmp_path_factory: pytest.TempPathFactory, opencode_bin: str,
                fake_model: FakeModelServer) -> Iterator[tuple[EdgeServer, CloudFrontStandIn]]:
     """An edge and its container (with the terminal listener), as on AWS: behind the
     distribution's secret header, reached only through the stand-in."""
-    state_dir = tmp_path_factory.mktemp("cloudfront") / "state"
-    workspace = state_dir / "workspace"
-    workspace.mkdir(parents=True)
-    subprocess.run(["git", "init", "--quiet", str(workspace)], check=True)
-    settings = make_settings(state_dir, model_url=fake_model.base_url, workspace_dir=workspace,
-                             wake_wait=60, origin_secret=SECRET, terminal_port=free_port())
-    settings = settings.with_overrides(system_env={**settings.system_env, "HOME": str(state_dir)})
+    settings = ui_settings(tmp_path_factory.mktemp("cloudfront") / "state", fake_model,
+                           wake_wait=60, origin_secret=SECRET, terminal_port=free_port())
     with serve_edge(settings) as edge, \
             running_cloudfront(edge.port, settings.terminal_port, SECRET) as cloudfront:
         yield edge, cloudfront

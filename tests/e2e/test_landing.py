@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import re
-import subprocess
 from pathlib import Path
 
 import httpx
@@ -18,8 +17,9 @@ from tests.support.browser import (
     fill_login_form,
     send_prompt,
     serve_edge,
+    ui_settings,
 )
-from tests.support.edge import ADMIN_PASSWORD, make_settings
+from tests.support.edge import ADMIN_PASSWORD
 from tests.support.fake_model import FakeModelServer, reply_for
 
 pytestmark = pytest.mark.browser
@@ -30,13 +30,8 @@ START_MS = 60_000
 def test_a_fresh_browser_opening_the_root_lands_in_the_workspace_ready_to_prompt(
         tmp_path: Path, opencode_bin: str, fake_model: FakeModelServer,
         pages: BrowserPages) -> None:
-    state_dir = tmp_path / "state"
-    workspace = state_dir / "my-project"
-    workspace.mkdir(parents=True)
-    subprocess.run(["git", "init", "--quiet", str(workspace)], check=True)
-    settings = make_settings(state_dir, model_url=fake_model.base_url, workspace_dir=workspace,
-                             wake_wait=60)
-    settings = settings.with_overrides(system_env={**settings.system_env, "HOME": str(state_dir)})
+    settings = ui_settings(tmp_path / "state", fake_model, "my-project", wake_wait=60)
+    workspace = settings.workspace_path
     encoded = base64.urlsafe_b64encode(str(workspace).encode()).decode().rstrip("=")
     with serve_edge(settings) as edge:
         page = pages.new_page(edge.url, login=False)

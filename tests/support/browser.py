@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,6 +27,7 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import pytest
@@ -42,7 +44,8 @@ from playwright.sync_api import (
 from infra.interfaces import ContainerState
 from infra.net import free_port
 from infra.settings import Settings
-from tests.support.edge import ADMIN_PASSWORD, EdgeServer
+from tests.support.edge import ADMIN_PASSWORD, EdgeServer, make_settings
+from tests.support.fake_model import FakeModelServer
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -201,6 +204,22 @@ def foreign_site(html: str) -> Iterator[str]:
 
 
 # -- the edge under a running Playwright -----------------------------------------------
+
+
+def ui_settings(state_dir: Path, fake_model: FakeModelServer, workspace_name: str = "workspace",
+                **overrides: Any) -> Settings:
+    """An edge's settings with opencode on the fake model. HOME is the state directory,
+    so the workspace is a folder in it, where the UI's folder picker first looks.
+
+    The workspace is already a git repository: for a plain folder the UI runs
+    `git init` at its own pace and opencode reloads the project; a prompt sent
+    meanwhile was seen "Interrupted" (opencode's doing, not the edge's)."""
+    workspace = state_dir / workspace_name
+    workspace.mkdir(parents=True)
+    subprocess.run(["git", "init", "--quiet", str(workspace)], check=True)
+    settings = make_settings(state_dir, model_url=fake_model.base_url,
+                             workspace_dir=workspace, **overrides)
+    return settings.with_overrides(system_env={**settings.system_env, "HOME": str(state_dir)})
 
 
 @contextmanager
